@@ -1,0 +1,42 @@
+# vlmchallenge — `make help` lists the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install prepare train test test-full bench lint format clean clean-data
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed ## Create .venv and install the package with dev tools (torch 2.14.1 pinned)
+
+prepare: install ## Main job (for now): synthetic OpenPack -> WebDataset shards (ARGS="data.sampler.num_frames=8")
+	$(BIN)/python -m vlmchallenge.prepare $(ARGS)
+
+test: install ## Run the test suite (fast: synthetic data, a few seconds per test)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: install ## Run the benchmarks in bench/ and print their tables
+	$(BIN)/python bench/prepare.py $(ARGS)
+
+lint: install ## ruff check + format check
+	$(BIN)/ruff check vlmchallenge tests bench
+	$(BIN)/ruff format --check vlmchallenge tests bench
+
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix vlmchallenge tests bench
+	$(BIN)/ruff format vlmchallenge tests bench
+
+clean: ## Remove caches and run outputs (keeps .venv and data/)
+	rm -rf .pytest_cache .ruff_cache .hypothesis outputs/*/ && find . -name __pycache__ -prune -exec rm -rf {} +
+
+clean-data: ## Remove generated data and shards (data/)
+	rm -rf data
