@@ -14,7 +14,9 @@ from vlmchallenge.data.pipeline import PrepareResult, prepare
 from vlmchallenge.data.summary import print_summary, session_progress, write_summary
 
 
-def run_prepare(data: DataConfig, data_dir: str | Path, output_dir: str | Path | None = None) -> PrepareResult:
+def run_prepare(
+    data: DataConfig, data_dir: str | Path, output_dir: str | Path | None = None
+) -> PrepareResult:
     console = Console()
     progress, update = session_progress(console)
     with progress:

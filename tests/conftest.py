@@ -1,0 +1,39 @@
+"""Shared fixtures: a small synthetic OpenPack tree made once per test session (no downloads, no fixtures on disk)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from vlmchallenge.data.clip_builder import ClipConfig
+from vlmchallenge.data.config import DataConfig
+from vlmchallenge.data.frame_sampler import SamplerConfig
+from vlmchallenge.data.shard_writer import ShardConfig
+from vlmchallenge.data.splits import SplitConfig
+from vlmchallenge.data.synthetic import SyntheticConfig, generate
+
+SMALL_SYNTHETIC = SyntheticConfig(
+    users=["U9001", "U9002", "U9003"], sessions=["S0100"], boxes_per_session=1, width=112, height=64, seed=3
+)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("openpack") / "v1.0.0"
+    return generate(copy.deepcopy(SMALL_SYNTHETIC), root, workers=2)
+
+
+@pytest.fixture
+def data_cfg(synthetic_root, tmp_path) -> DataConfig:
+    """Prepare settings over the shared synthetic tree, writing shards under this test's tmp dir."""
+    return DataConfig(
+        name="test",
+        root=str(synthetic_root),
+        synthetic=None,
+        clips=ClipConfig(mode="window", window_s=2.0, stride_s=1.0, min_frames=4),
+        sampler=SamplerConfig(num_frames=4, max_pixels=112 * 56),
+        splits=SplitConfig(train=["U9001"], val=["U9002"], test=["U9003"], same_person=[]),
+        shards=ShardConfig(out_dir=str(tmp_path / "shards"), maxcount=16, workers=1),
+    )

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from vlmchallenge.data.classes import OPENPACK_OPERATIONS
+from vlmchallenge.data.pipeline import prepare
+from vlmchallenge.data.shard_writer import ShardConfig, write_session_shards
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_shards_read_back_with_plain_webdataset(data_cfg):
+    result = prepare(data_cfg)
+    out = result.out_dir
+    for split in ("train", "val", "test"):
+        index = json.loads((out / split / "shardindex.json").read_text())
+        assert index["__kind__"] == "wids-shard-index-v1"
+        urls = [str(out / split / s["url"]) for s in index["shardlist"]]
+        for s in index["shardlist"]:
+            path = out / split / s["url"]
+            assert s["filesize"] == path.stat().st_size
+            assert s["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+        assert len(samples) == sum(s["nsamples"] for s in index["shardlist"]) > 0
+        assert len(samples) == result.manifest["splits"][split]["nsamples"]
+        for sample in samples[:20]:
+            key = sample["__key__"]
+            assert key.isdigit() and len(key) == 14
+            assert {"000.jpg", "001.jpg", "002.jpg", "003.jpg", "json", "cls"} <= set(sample)
+            meta = sample["json"]
+            assert sample["cls"] == meta["label_index"] == OPENPACK_OPERATIONS[meta["label_index"]].index
+            assert sample["000.jpg"].size == (meta["width"], meta["height"]) == (112, 56)
+            assert meta["start_ms"] <= meta["frame_ts_ms"][0] <= meta["frame_ts_ms"][-1] < meta["end_ms"]
+        assert len({s["__key__"] for s in samples}) == len(samples)
+
+
+def test_manifest_and_index_sum_up(data_cfg):
+    result = prepare(data_cfg)
+    m = json.loads((result.out_dir / "manifest.json").read_text())
+    assert m["sampler"]["num_frames"] == 4 and m["config_fingerprint"] == data_cfg.fingerprint()
+    for split in ("train", "val", "test"):
+        s = m["splits"][split]
+        assert sum(s["class_counts"].values()) == s["nsamples"]
+        assert s["class_counts"]["Null"] == 0  # keep_null is off
+    assert m["splits"]["train"]["users"] == ["U9001"]
+    assert m["splits"]["train"]["skipped"]["null_label"] > 0
+
+
+def test_rerun_is_byte_identical_and_skips_finished_sessions(data_cfg, tmp_path):
+    first = prepare(data_cfg)
+    before = tree_bytes(first.out_dir)
+    again = prepare(data_cfg)
+    assert all(r.record["resumed"] == "complete" for r in again.sessions)
+    assert tree_bytes(first.out_dir) == before
+    # a fresh directory with more workers gives the same bytes
+    other = dataclasses.replace(
+        data_cfg, shards=dataclasses.replace(data_cfg.shards, out_dir=str(tmp_path / "other"), workers=2)
+    )
+    assert tree_bytes(prepare(other).out_dir) == {
+        k: v for k, v in before.items() if not k.endswith("manifest.json")
+    } | {"manifest.json": before["manifest.json"]}
+
+
+def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg):
+    result = prepare(data_cfg)
+    reference = tree_bytes(result.out_dir)
+    train = result.out_dir / "train"
+    shards = sorted(train.glob("*.tar"))
+    assert len(shards) >= 3
+    # simulate a crash while writing shard 2: marker gone, shard 2 half-written under its temp name, later gone
+    (train / "U9001-S0100.done.json").unlink()
+    shards[2].rename(shards[2].with_name(shards[2].name + ".tmp"))
+    shards[2].with_name(shards[2].name + ".tmp").write_bytes(b"partial")
+    for s in shards[3:]:
+        s.unlink()
+    resumed = prepare(data_cfg)
+    session = next(r for r in resumed.sessions if r.key == "U9001-S0100")
+    assert session.record["resumed"] == "partial"
+    assert tree_bytes(result.out_dir) == reference
+
+
+def test_interrupted_write_mid_shard_resumes_to_same_bytes(tmp_path):
+    """Drive the writer itself: the first run dies in the middle of shard 1 (as a kill would)."""
+    samples = [{"__key__": f"{i:06d}", "txt": f"sample {i}".encode() * (i + 1)} for i in range(23)]
+    cfg = ShardConfig(maxcount=8)
+
+    def run(out: Path, crash_at: int | None = None):
+        def make(start: int):
+            for i in range(start, len(samples)):
+                if i == crash_at:
+                    raise KeyboardInterrupt("simulated crash")
+                yield samples[i]
+
+        return write_session_shards(out, "U0001-S0100", "fp", len(samples), make, cfg)
+
+    clean = tmp_path / "clean"
+    run(clean)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run(crashed, crash_at=12)
+    assert sorted(p.name for p in crashed.iterdir()) == ["U0001-S0100-000000.tar"]  # no half shard published
+    record = run(crashed)
+    assert record["resumed"] == "partial"
+    assert tree_bytes(crashed) == tree_bytes(clean)
+    assert [s["nsamples"] for s in record["shards"]] == [8, 8, 7]
+
+
+def test_changed_settings_never_mix_with_old_shards(data_cfg):
+    prepare(data_cfg)
+    changed = dataclasses.replace(data_cfg, sampler=dataclasses.replace(data_cfg.sampler, num_frames=2))
+    with pytest.raises(ValueError, match="different data settings.*overwrite=true"):
+        prepare(changed)
+    changed.shards.overwrite = True
+    result = prepare(changed)
+    assert result.manifest["sampler"]["num_frames"] == 2
+
+
+def test_default_out_dir_is_keyed_by_settings(data_cfg, tmp_path):
+    data_cfg.shards.out_dir = None
+    a = data_cfg.resolved_out_dir(tmp_path)
+    data_cfg.sampler.num_frames = 8
+    assert data_cfg.resolved_out_dir(tmp_path) != a
+    assert a.parent == tmp_path / "shards"
