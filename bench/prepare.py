@@ -329,9 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, fn in measure.items():
         res[name] = median_run(fn, a.repeats)
         print(f"{name}: median {res[name]['seconds']:.2f} s", file=sys.stderr)
-    if (
-        res["pipeline"]["frames_decoded"] != res["decode"]["frames_decoded"]
-    ):  # both must decode the same frames
+    # Ratio B only means something if both decode the same frames.
+    if res["pipeline"]["frames_decoded"] != res["decode"]["frames_decoded"]:
         print("warning: pipeline and decode-only frame counts differ", file=sys.stderr)
     if a.profile:
         profile_pipeline(cfg)

@@ -1,0 +1,1 @@
+"""OpenPack data pipeline: annotations + frames -> WebDataset shards."""

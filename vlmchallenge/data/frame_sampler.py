@@ -1,0 +1,166 @@
+"""Which frames of a clip, at what size: the one implementation used by shard writing and by serving.
+
+- `uniform`: `num_frames` at the centres of equal sub-intervals of the clip (nearest frame by timestamp).
+- `fps`: one frame every 1/`fps` s, capped at `max_frames` (spread uniformly when capped), rounded down to an
+  even count because Qwen2-VL merges frames in temporal pairs.
+Frames are cropped (the burned-in timestamp band at the top, `crop_top` of the height), then resized keeping
+aspect to Qwen2-VL's geometry (`smart_resize`: sides multiples of 28 inside [min_pixels, max_pixels]), so the
+processor never resizes again and token counts are predictable.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+# Qwen2-VL's own resize rule, so our frames are exactly what its processor would produce (and never resized
+# again). Imported at module level so worker processes forked from the parent don't each re-import transformers.
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+from vlmchallenge.data.frame_source import FrameReader
+
+
+@dataclass
+class SamplerConfig:
+    strategy: str = "uniform"  # uniform | fps
+    num_frames: int = 4
+    fps: float = 2.0
+    max_frames: int = 16
+    max_pixels: int = 112 * 112
+    min_pixels: int = 56 * 56
+    patch_factor: int = 28  # Qwen2-VL: patch 14 x spatial merge 2
+    crop_top: float = 0.1  # fraction of the height removed at the top (OpenPack's timestamp overlay)
+    jpeg_quality: int = 90
+
+    def validate(self) -> None:
+        if self.strategy not in ("uniform", "fps"):
+            raise ValueError(f"sampler.strategy: expected 'uniform' or 'fps', got {self.strategy!r}")
+        if self.num_frames < 1 or self.max_frames < 1:
+            raise ValueError("sampler.num_frames and sampler.max_frames must be >= 1")
+        if self.fps <= 0:
+            raise ValueError(f"sampler.fps must be > 0, got {self.fps}")
+        if not 0 <= self.crop_top < 1:
+            raise ValueError(f"sampler.crop_top: expected a fraction in [0, 1), got {self.crop_top}")
+        if not self.min_pixels <= self.max_pixels:
+            raise ValueError("sampler.min_pixels must be <= sampler.max_pixels")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"sampler.jpeg_quality: expected 1..95, got {self.jpeg_quality}")
+
+
+class FrameSampler:
+    def __init__(self, cfg: SamplerConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
+
+    # ------------------------------------------------------------ selection (no decoding)
+
+    def frame_count(self, duration_ms: int) -> int:
+        if self.cfg.strategy == "uniform":
+            return self.cfg.num_frames
+        n = min(self.cfg.max_frames, max(1, math.floor(duration_ms * self.cfg.fps / 1000)))
+        return max(2, n - n % 2) if self.cfg.max_frames >= 2 else 1
+
+    def select(self, frame_ts_ms: np.ndarray | tuple[int, ...], start_ms: int, end_ms: int) -> list[int]:
+        """Positions (into `frame_ts_ms`) of the frames nearest the target times of [start, end)."""
+        ts = np.asarray(frame_ts_ms, dtype=np.int64)
+        if len(ts) == 0:
+            raise ValueError("cannot sample frames from an empty clip")
+        n = self.frame_count(end_ms - start_ms)
+        if len(ts) == 1:
+            return [0] * n
+        targets = start_ms + (np.arange(n) + 0.5) * (end_ms - start_ms) / n
+        right = np.clip(np.searchsorted(ts, targets), 1, len(ts) - 1)
+        left = right - 1
+        nearer_left = np.abs(targets - ts[left]) <= np.abs(ts[right] - targets)
+        return [int(i) for i in np.where(nearer_left, left, right)]
+
+    def select_evenly(self, available: int) -> list[int]:
+        """For frames without timestamps (serving): the same rule over frame positions."""
+        return self.select(np.arange(available) * 1000, 0, available * 1000)
+
+    # ------------------------------------------------------------ geometry
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) after cropping the top band and Qwen2-VL's smart resize."""
+        key = (width, height)
+        if key not in self._sizes:
+            cropped_h = height - round(self.cfg.crop_top * height)
+            h, w = smart_resize(
+                cropped_h,
+                width,
+                factor=self.cfg.patch_factor,
+                min_pixels=self.cfg.min_pixels,
+                max_pixels=self.cfg.max_pixels,
+            )
+            self._sizes[key] = (w, h)
+        return self._sizes[key]
+
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
+        """Smallest full-frame size that still covers the output after the crop (for JPEG draft decoding)."""
+        w, h = self.output_size(width, height)
+        return w, math.ceil(h / (1 - self.cfg.crop_top))
+
+    def process(self, image: Image.Image, source_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Crop the top band and resize one frame -> uint8 (H, W, 3). `source_size` is the undrafted size.
+
+        torchvision's antialiased bicubic is the resize the Qwen2-VL fast processors use, and several times
+        faster than PIL's at these sizes (the resize was the largest cost after decoding, docs/benchmarks.md).
+        """
+        w_out, h_out = self.output_size(*(source_size or image.size))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = np.asarray(image)
+        pixels = pixels[round(self.cfg.crop_top * pixels.shape[0]) :]
+        if pixels.shape[:2] == (h_out, w_out):
+            return np.ascontiguousarray(pixels)
+        chw = torch.from_numpy(pixels.copy() if not pixels.flags.writeable else pixels).permute(2, 0, 1)
+        out = TF.resize(chw, [h_out, w_out], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        return out.permute(1, 2, 0).contiguous().numpy()
+
+    def encode(self, pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=self.cfg.jpeg_quality)
+        return buf.getvalue()
+
+    def sample_images(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Serving path: choose frames evenly from an untimed list and process them (uint8 (H, W, 3) each)."""
+        return [self.process(images[i]) for i in self.select_evenly(len(images))]
+
+
+class SessionFrameCache:
+    """Processed + encoded frames of one session, so a frame shared by overlapping clips is decoded once.
+
+    Clips arrive in time order, so frames before the current clip's first frame are evicted.
+    """
+
+    def __init__(self, sampler: FrameSampler, reader: FrameReader, source_size: tuple[int, int] | None = None):
+        self.sampler, self.reader = sampler, reader
+        self.source_size = source_size
+        self._cache: dict[int, bytes] = {}
+        self.decoded = 0
+
+    def get(self, indices: list[int]) -> list[bytes]:
+        if indices:
+            low = min(indices)
+            for k in [k for k in self._cache if k < low]:
+                del self._cache[k]
+        out = []
+        for i in indices:
+            if i not in self._cache:
+                self._cache[i] = self._decode(i)
+            out.append(self._cache[i])
+        return out
+
+    def _decode(self, index: int) -> bytes:
+        if self.source_size is None:
+            self.source_size = self.reader.frame_size(index)
+        image = self.reader.read(index, self.sampler.draft_size(*self.source_size))
+        self.decoded += 1
+        return self.sampler.encode(self.sampler.process(image, self.source_size))

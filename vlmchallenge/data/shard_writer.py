@@ -1,0 +1,151 @@
+"""Deterministic, atomic, resumable WebDataset shards for one session, and the per-split wids-style index.
+
+Layout: `<out>/<split>/<USER>-<SESSION>-000000.tar` (+ `<USER>-<SESSION>.done.json` when the session is complete),
+`<out>/<split>/shardindex.json`. Per session so that workers never share a shard and a rerun can skip whole
+sessions. Each shard is written as `*.tar.tmp` and renamed by ShardWriter's `post` hook once closed, so a crash
+never leaves a half shard under a final name. On resume, finished shards are counted and their samples skipped
+(without decoding); since sample order, encoding, tar headers (fixed mtime/owner) and shard boundaries
+(maxcount/maxsize over the same bytes) are all deterministic, the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+
+INDEX_NAME = "shardindex.json"
+TAR_MTIME = 0  # fixed so rewriting the same samples gives the same bytes
+
+
+@dataclass
+class ShardConfig:
+    out_dir: str | None = None  # null: <paths.data_dir>/shards/<data.name>-<config fingerprint>
+    maxcount: int = 200
+    maxsize: int = 256_000_000  # bytes of payload per shard
+    workers: int = 2
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.maxcount < 1 or self.maxsize < 1 or self.workers < 1:
+            raise ValueError("shards.maxcount, shards.maxsize and shards.workers must be >= 1")
+
+
+def sample_key(user: str, session: str, clip_no: int) -> str:
+    """All-digit key (WebDataset splits names at the first dot): U0209/S0500/clip 17 -> 02090500000017."""
+    return f"{user[1:]}{session[1:]}{clip_no:06d}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def count_tar_samples(path: Path) -> int:
+    with tarfile.open(path) as tar:
+        return len({m.name.split("/")[-1].split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
+
+
+def shard_entry(path: Path, nsamples: int) -> dict:
+    return {"url": path.name, "nsamples": nsamples, "filesize": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def write_session_shards(
+    split_dir: Path,
+    prefix: str,
+    fingerprint: str,
+    total_samples: int,
+    make_samples: Callable[[int], Iterator[dict]],
+    cfg: ShardConfig,
+    extra: dict | None = None,
+) -> dict:
+    """Write (or resume, or skip) one session's shards; returns its done-marker record.
+
+    `make_samples(n)` yields the session's samples from position n on, in their fixed order.
+    """
+    split_dir.mkdir(parents=True, exist_ok=True)
+    marker = split_dir / f"{prefix}.done.json"
+    if marker.exists():
+        record = json.loads(marker.read_text())
+        if record.get("fingerprint") == fingerprint:
+            record["resumed"] = "complete"
+            return record
+        marker.unlink()  # stale: inputs or settings changed; rebuild this session
+        for p in split_dir.glob(f"{prefix}-*.tar"):
+            p.unlink()
+    for p in split_dir.glob(f"{prefix}-*.tar.tmp"):
+        p.unlink()
+
+    def final_path(k: int) -> Path:
+        return split_dir / f"{prefix}-{k:06d}.tar"
+
+    finished: list[dict] = []
+    while final_path(len(finished)).exists():
+        path = final_path(len(finished))
+        finished.append(shard_entry(path, count_tar_samples(path)))
+    for p in split_dir.glob(f"{prefix}-*.tar"):  # anything past a hole is not trustworthy
+        if p.name not in {e["url"] for e in finished}:
+            p.unlink()
+    done = sum(e["nsamples"] for e in finished)
+    resumed_from = done
+
+    new_entries: list[dict] = []
+    counts: list[int] = []
+
+    def publish(tmp_name: str) -> None:
+        tmp = Path(tmp_name)
+        final = tmp.with_suffix("")  # drop .tmp
+        os.replace(tmp, final)
+        new_entries.append(shard_entry(final, writer.count))
+
+    writer = None
+    try:
+        for sample in make_samples(done):
+            if writer is None:  # created lazily: ShardWriter opens a shard at construction
+                pattern = str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
+                writer = wds.ShardWriter(
+                    pattern, maxcount=cfg.maxcount, maxsize=cfg.maxsize, post=publish,
+                    start_shard=len(finished), verbose=0, mtime=TAR_MTIME,
+                )
+            writer.write(sample)
+            counts.append(1)
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None and writer.tarstream is not None:
+            writer.post = None  # never publish a half-written shard
+            writer.tarstream.close()
+            Path(writer.fname).unlink(missing_ok=True)
+        raise
+    entries = finished + new_entries
+    written = sum(e["nsamples"] for e in entries)
+    if written != total_samples:
+        raise RuntimeError(f"{split_dir}/{prefix}: wrote {written} samples, expected {total_samples}")
+    record = {"prefix": prefix, "fingerprint": fingerprint, "nsamples": written, "shards": entries, **(extra or {})}
+    atomic_write_text(marker, json.dumps(record, indent=1, sort_keys=True))
+    record["resumed"] = "partial" if resumed_from else "fresh"
+    return record
+
+
+def write_split_index(split_dir: Path, split: str, records: list[dict]) -> dict:
+    """wids-style `shardindex.json` (url, nsamples, filesize, sha256), shards in sorted order."""
+    shards = sorted((e for r in records for e in r["shards"]), key=lambda e: e["url"])
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": shards}
+    split_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(split_dir / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True))
+    return index

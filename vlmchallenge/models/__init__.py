@@ -1,0 +1,1 @@
+"""Model loading, LoRA/QLoRA, prompts, collation and the LightningModule."""
