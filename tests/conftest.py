@@ -37,3 +37,63 @@ def data_cfg(synthetic_root, tmp_path) -> DataConfig:
         splits=SplitConfig(train=["U9001"], val=["U9002"], test=["U9003"], same_person=[]),
         shards=ShardConfig(out_dir=str(tmp_path / "shards"), maxcount=16, workers=1),
     )
+
+
+# ---------------------------------------------------------------- training fixtures
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Small enough for a few-second run: 3 users x 1 box of 112x84 frames, 2-s windows every 2 s.
+TINY_TRAIN_OVERRIDES = [
+    "data.synthetic.users=[U9001,U9002,U9003]",
+    "data.synthetic.boxes_per_session=1",
+    "data.synthetic.width=112",
+    "data.synthetic.height=84",
+    "data.clips.stride_s=2.0",
+    "data.sampler.max_pixels=6272",
+    "data.splits.train=[U9001]",
+    "data.splits.val=[U9002]",
+    "data.splits.test=[U9003]",
+    "data.shards.workers=1",
+    "loader.num_workers=0",
+    "loader.batch_size=4",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "~callbacks.rich_progress_bar",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory) -> Path:
+    """One data dir (synthetic tree, shards, tiny model) shared by every training test."""
+    return tmp_path_factory.mktemp("train_data")
+
+
+def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = (), log_dir: Path | None = None):
+    """Compose conf/train.yaml as `python -m vlmchallenge.train` would, with HydraConfig set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import vlmchallenge.conf_schema  # noqa: F401
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                *TINY_TRAIN_OVERRIDES,
+                f"paths.data_dir={data_dir}",
+                f"paths.log_dir={log_dir or out_dir.parent}",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return cfg

@@ -72,8 +72,12 @@ def test_deterministic_and_reused(tmp_path):
     mtime = (a / "synthetic.json").stat().st_mtime
     generate(cfg, tmp_path / "a", workers=1)  # same config: reused as is
     assert (a / "synthetic.json").stat().st_mtime == mtime
-    with pytest.raises(ValueError, match="different config"):
-        generate(SyntheticConfig(users=["U9001"], boxes_per_session=1, width=64, height=48, seed=6), a)
+    generate(SyntheticConfig(users=["U9001"], boxes_per_session=1, width=64, height=48, seed=6), a)
+    assert (a / "synthetic.json").stat().st_mtime != mtime  # other settings: regenerated
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not synthetic")
+    with pytest.raises(ValueError, match="not a synthetic dataset"):
+        generate(cfg, tmp_path / "mine")
 
 
 def test_difficulty_levels(tmp_path):

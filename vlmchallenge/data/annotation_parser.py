@@ -111,7 +111,9 @@ def _read_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[st
     missing = [c for c in required if c not in header]
     if missing:
         raise AnnotationError(
-            path, 1, f"missing column(s) {missing}; expected header {','.join(required)}, got {','.join(header)}"
+            path,
+            1,
+            f"missing column(s) {missing}; expected header {','.join(required)}, got {','.join(header)}",
         )
     if len(set(header)) != len(header):
         raise AnnotationError(path, 1, f"duplicate column names in header {header}")
@@ -139,21 +141,29 @@ def _op_id(path: Path, line: int, row: dict[str, str], allow_null: bool) -> int:
     op_id = _int_field(path, line, row, "id")
     known = sorted(ID_TO_CLASS) if allow_null else sorted(i for i in ID_TO_CLASS if i != NULL_ID)
     if op_id not in known:
-        raise AnnotationError(path, line, f"field 'id': unknown operation id {op_id}; expected one of {known}")
+        raise AnnotationError(
+            path, line, f"field 'id': unknown operation id {op_id}; expected one of {known}"
+        )
     return op_id
 
 
-def _user_session(path: Path, line: int, row: dict[str, str], expect: tuple[str, str] | None) -> tuple[str, str]:
+def _user_session(
+    path: Path, line: int, row: dict[str, str], expect: tuple[str, str] | None
+) -> tuple[str, str]:
     user, session = row["user"].strip(), row["session"].strip()
     if not _USER.match(user):
-        raise AnnotationError(path, line, f"field 'user': expected U followed by 4 digits (e.g. U0209), got {user!r}")
+        raise AnnotationError(
+            path, line, f"field 'user': expected U followed by 4 digits (e.g. U0209), got {user!r}"
+        )
     if not _SESSION.match(session):
         raise AnnotationError(
             path, line, f"field 'session': expected S followed by 4 digits (e.g. S0500), got {session!r}"
         )
     if expect is not None and (user, session) != expect:
         raise AnnotationError(
-            path, line, f"user/session {user}/{session} differs from the file's first row {expect[0]}/{expect[1]}"
+            path,
+            line,
+            f"user/session {user}/{session} differs from the file's first row {expect[0]}/{expect[1]}",
         )
     return user, session
 
@@ -189,7 +199,9 @@ def parse_operations_csv(path: str | Path) -> OperationAnnotation:
             )
         start, end = _timestamp(path, line, row, "start"), _timestamp(path, line, row, "end")
         if not start < end:
-            raise AnnotationError(path, line, f"start must be before end, got start={row['start']} end={row['end']}")
+            raise AnnotationError(
+                path, line, f"start must be before end, got start={row['start']} end={row['end']}"
+            )
         segments.append(Segment(expect[0], expect[1], box, op_id, start, end, line))
 
     segments.sort(key=lambda s: (s.start_ms, s.end_ms))
@@ -218,7 +230,9 @@ def parse_operations_1hz_csv(path: str | Path) -> SecondLabels:
         expect = _user_session(path, line, row, expect)
         t = _int_field(path, line, row, "unixtime")
         if t % 1000:
-            raise AnnotationError(path, line, f"field 'unixtime': expected unix ms at a whole second, got {t}")
+            raise AnnotationError(
+                path, line, f"field 'unixtime': expected unix ms at a whole second, got {t}"
+            )
         if times and t <= times[-1]:
             raise AnnotationError(
                 path, line, f"field 'unixtime': expected strictly increasing times, got {t} after {times[-1]}"

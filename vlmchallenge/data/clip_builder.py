@@ -35,7 +35,9 @@ class ClipConfig:
         if self.label_rule not in ("center", "majority"):
             raise ValueError(f"clips.label_rule: expected 'center' or 'majority', got {self.label_rule!r}")
         if self.window_s <= 0 or self.stride_s <= 0:
-            raise ValueError(f"clips.window_s and clips.stride_s must be > 0, got {self.window_s}, {self.stride_s}")
+            raise ValueError(
+                f"clips.window_s and clips.stride_s must be > 0, got {self.window_s}, {self.stride_s}"
+            )
         if self.max_duration_s is not None and self.max_duration_s <= 0:
             raise ValueError(f"clips.max_duration_s must be > 0 or null, got {self.max_duration_s}")
         if self.min_frames < 1:

@@ -33,7 +33,9 @@ class DataConfig:
 
     def validate(self) -> None:
         if not self.root or self.root == "???":
-            raise ValueError("data.root is required: set data.root=/path/to/openpack/v1.0.0 (the folder holding U0XXX/)")
+            raise ValueError(
+                "data.root is required: set data.root=/path/to/openpack/v1.0.0 (the folder holding U0XXX/)"
+            )
         self.clips.validate()
         self.sampler.validate()
         self.shards.validate()

@@ -140,7 +140,9 @@ class SessionFrameCache:
     Clips arrive in time order, so frames before the current clip's first frame are evicted.
     """
 
-    def __init__(self, sampler: FrameSampler, reader: FrameReader, source_size: tuple[int, int] | None = None):
+    def __init__(
+        self, sampler: FrameSampler, reader: FrameReader, source_size: tuple[int, int] | None = None
+    ):
         self.sampler, self.reader = sampler, reader
         self.source_size = source_size
         self._cache: dict[int, bytes] = {}

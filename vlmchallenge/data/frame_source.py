@@ -62,7 +62,9 @@ class JpegFolderSource(FrameSource):
     def __init__(self, frames_dir: str | Path):
         self.root = Path(frames_dir)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: frame folder not found; expected JPEG frames in YYYY/MM/DD/HH/MM/")
+            raise FileNotFoundError(
+                f"{self.root}: frame folder not found; expected JPEG frames in YYYY/MM/DD/HH/MM/"
+            )
         paths = [  # plain strings: ~25k frames per session, pathlib objects were a measurable cost
             os.path.join(d, f)
             for d, _, files in os.walk(self.root)
@@ -151,7 +153,9 @@ class VideoFileSource(FrameSource):
         self.pts = pts
         self.timestamps_ms = np.array([origin_ms + round(float(p * tb) * 1000) for p in pts], dtype=np.int64)
         if np.any(np.diff(self.timestamps_ms) <= 0):
-            raise ValueError(f"{self.path}: frame timestamps are not strictly increasing at millisecond resolution")
+            raise ValueError(
+                f"{self.path}: frame timestamps are not strictly increasing at millisecond resolution"
+            )
         self.description = f"video:{self.path}"
 
     def reader(self) -> FrameReader:

@@ -23,7 +23,9 @@ def frame_stem_to_unix_ms(stem: str) -> int:
     try:  # direct construction: ~30x cheaper than strptime, and sessions have ~25k frames
         dt = datetime(*fields, tzinfo=JST)
     except ValueError:
-        raise ValueError(f"frame name {stem!r}: not a valid date/time; expected YYYYMMDD_HHMMSS_mmm (JST)") from None
+        raise ValueError(
+            f"frame name {stem!r}: not a valid date/time; expected YYYYMMDD_HHMMSS_mmm (JST)"
+        ) from None
     return int(dt.timestamp()) * 1000 + ms
 
 

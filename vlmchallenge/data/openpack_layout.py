@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmchallenge.data.annotation_parser import OperationAnnotation
-from vlmchallenge.data.frame_source import FrameSource, JpegFolderSource, VideoFileSource, video_creation_time_ms
+from vlmchallenge.data.frame_source import (
+    FrameSource,
+    JpegFolderSource,
+    VideoFileSource,
+    video_creation_time_ms,
+)
 
 _USER_DIR = re.compile(r"^U\d{4}$")
 _SESSION_FILE = re.compile(r"^S\d{4}\.csv$")
@@ -47,12 +52,19 @@ def discover_sessions(root: str | Path) -> list[SessionRef]:
             frames = user_dir / "kinect" / "color-masked" / "frames" / session
             refs.append(SessionRef(user_dir.name, session, csv_path, hz if hz.exists() else None, frames))
     if not refs:
-        raise ValueError(f"{root}: no sessions found; expected <root>/U0XXX/annotation/openpack-operations/S0X00.csv")
+        raise ValueError(
+            f"{root}: no sessions found; expected <root>/U0XXX/annotation/openpack-operations/S0X00.csv"
+        )
     return refs
 
 
 def open_source(
-    ref: SessionRef, ann: OperationAnnotation, source: str, root: str | Path, video_pattern: str, video_time_origin: str
+    ref: SessionRef,
+    ann: OperationAnnotation,
+    source: str,
+    root: str | Path,
+    video_pattern: str,
+    video_time_origin: str,
 ) -> FrameSource:
     if source == "frames":
         return JpegFolderSource(ref.frames_dir)

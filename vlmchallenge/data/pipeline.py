@@ -75,7 +75,9 @@ def _clip_sample(clip, clip_no: int, frames: list[bytes], frame_ts: list[int], s
     return sample
 
 
-def process_session(cfg: DataConfig, ref: SessionRef, split: str, out_dir: Path, config_fp: str) -> SessionResult:
+def process_session(
+    cfg: DataConfig, ref: SessionRef, split: str, out_dir: Path, config_fp: str
+) -> SessionResult:
     """Everything for one session, in a worker process: parse, align, sample, decode, write."""
     t0 = time.perf_counter()
     ann = parse_operations_csv(ref.operations_csv)
@@ -83,8 +85,13 @@ def process_session(cfg: DataConfig, ref: SessionRef, split: str, out_dir: Path,
     built = build_clips(ann, source.timestamps_ms, cfg.clips)
     sampler = FrameSampler(cfg.sampler)
     fp = hashlib.sha256(
-        "|".join([config_fp, hashlib.sha256(ref.operations_csv.read_bytes()).hexdigest(), *source.fingerprint_parts()])
-        .encode()
+        "|".join(
+            [
+                config_fp,
+                hashlib.sha256(ref.operations_csv.read_bytes()).hexdigest(),
+                *source.fingerprint_parts(),
+            ]
+        ).encode()
     ).hexdigest()
     stats = {"decoded": 0}
 
@@ -132,7 +139,9 @@ def _check_out_dir(out_dir: Path, config_fp: str, overwrite: bool) -> None:
 
 
 def prepare(
-    cfg: DataConfig, data_dir: str | Path = "data", progress: Callable[[SessionResult, int], None] | None = None
+    cfg: DataConfig,
+    data_dir: str | Path = "data",
+    progress: Callable[[SessionResult, int], None] | None = None,
 ) -> PrepareResult:
     """Build (or resume, or reuse) the shards for `cfg`. Safe to call repeatedly: finished work is skipped."""
     t0 = time.perf_counter()

@@ -62,7 +62,12 @@ def count_tar_samples(path: Path) -> int:
 
 
 def shard_entry(path: Path, nsamples: int) -> dict:
-    return {"url": path.name, "nsamples": nsamples, "filesize": path.stat().st_size, "sha256": file_sha256(path)}
+    return {
+        "url": path.name,
+        "nsamples": nsamples,
+        "filesize": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
 
 
 def write_session_shards(
@@ -117,10 +122,17 @@ def write_session_shards(
     try:
         for sample in make_samples(done):
             if writer is None:  # created lazily: ShardWriter opens a shard at construction
-                pattern = str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
+                pattern = (
+                    str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
+                )
                 writer = wds.ShardWriter(
-                    pattern, maxcount=cfg.maxcount, maxsize=cfg.maxsize, post=publish,
-                    start_shard=len(finished), verbose=0, mtime=TAR_MTIME,
+                    pattern,
+                    maxcount=cfg.maxcount,
+                    maxsize=cfg.maxsize,
+                    post=publish,
+                    start_shard=len(finished),
+                    verbose=0,
+                    mtime=TAR_MTIME,
                 )
             writer.write(sample)
             counts.append(1)
@@ -136,7 +148,13 @@ def write_session_shards(
     written = sum(e["nsamples"] for e in entries)
     if written != total_samples:
         raise RuntimeError(f"{split_dir}/{prefix}: wrote {written} samples, expected {total_samples}")
-    record = {"prefix": prefix, "fingerprint": fingerprint, "nsamples": written, "shards": entries, **(extra or {})}
+    record = {
+        "prefix": prefix,
+        "fingerprint": fingerprint,
+        "nsamples": written,
+        "shards": entries,
+        **(extra or {}),
+    }
     atomic_write_text(marker, json.dumps(record, indent=1, sort_keys=True))
     record["resumed"] = "partial" if resumed_from else "fresh"
     return record

@@ -17,9 +17,15 @@ class SplitConfig:
     val: list[str] = field(default_factory=lambda: ["U0209"])
     test: list[str] = field(default_factory=lambda: ["U0207"])
     # Different user ids that are one person: they must land in the same split.
-    same_person: list[list[str]] = field(default_factory=lambda: [["U0103", "U0210"], ["U0202", "U0105"],
-                                                                   ["U0203", "U0108"], ["U0204", "U0110"],
-                                                                   ["U0205", "U0107"]])
+    same_person: list[list[str]] = field(
+        default_factory=lambda: [
+            ["U0103", "U0210"],
+            ["U0202", "U0105"],
+            ["U0203", "U0108"],
+            ["U0204", "U0110"],
+            ["U0205", "U0107"],
+        ]
+    )
 
     def user_to_split(self) -> dict[str, str]:
         mapping: dict[str, str] = {}

@@ -16,15 +16,25 @@ from vlmchallenge.data.splits import SPLIT_NAMES
 
 def session_progress(console: Console) -> tuple[Progress, callable]:
     progress = Progress(
-        TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TextColumn("sessions"),
-        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("[bold]prepare"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sessions"),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
     task = progress.add_task("sessions", total=None, last="")
 
     def update(result: SessionResult, total: int) -> None:
         state = result.record.get("resumed", "fresh")
-        progress.update(task, total=total, advance=1,
-                        last=f"{result.split}/{result.key}: {result.record['nsamples']} clips ({state})")
+        progress.update(
+            task,
+            total=total,
+            advance=1,
+            last=f"{result.split}/{result.key}: {result.record['nsamples']} clips ({state})",
+        )
 
     return progress, update
 
@@ -33,7 +43,9 @@ def summary_dict(result: PrepareResult) -> dict:
     t = result.totals
     return {
         "out_dir": str(result.out_dir),
-        "splits": {s: {k: v for k, v in result.manifest["splits"][s].items() if k != "sessions"} for s in SPLIT_NAMES},
+        "splits": {
+            s: {k: v for k, v in result.manifest["splits"][s].items() if k != "sessions"} for s in SPLIT_NAMES
+        },
         "unassigned_sessions": result.unassigned,
         "throughput": {
             "seconds": round(t["seconds"], 3),
@@ -42,8 +54,10 @@ def summary_dict(result: PrepareResult) -> dict:
             "clips_per_s": round(t["clips_written"] / t["seconds"], 1) if t["seconds"] else 0.0,
             "frames_per_s": round(t["frames_decoded"] / t["seconds"], 1) if t["seconds"] else 0.0,
         },
-        "sessions": {r.key: {"split": r.split, "state": r.record.get("resumed"), "clips": r.record["nsamples"]}
-                     for r in result.sessions},
+        "sessions": {
+            r.key: {"split": r.split, "state": r.record.get("resumed"), "clips": r.record["nsamples"]}
+            for r in result.sessions
+        },
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -29,10 +30,22 @@ from vlmchallenge.data.jst_time import JST, unix_ms_to_frame_relpath, unix_ms_to
 from vlmchallenge.data.synthetic_scene import SceneRenderer
 
 # Real per-class mean segment durations in seconds (U0209-S0500, docs/openpack.md §3.1).
-MEAN_DURATION_S = {100: 6.9, 200: 8.9, 300: 10.5, 400: 5.3, 500: 8.9, 600: 3.1, 700: 9.9, 800: 6.3, 900: 4.0, 1000: 5.8}
+MEAN_DURATION_S = {
+    100: 6.9,
+    200: 8.9,
+    300: 10.5,
+    400: 5.3,
+    500: 8.9,
+    600: 3.1,
+    700: 9.9,
+    800: 6.3,
+    900: 4.0,
+    1000: 5.8,
+}
 MIN_DURATION_S = 1.6
 FRAME_PERIOD_MS = 1000 / 15
 MARKER = "synthetic.json"
+log = logging.getLogger(__name__)
 _UUID_NS = uuid.UUID("6f1d7c52-2b0e-4a55-9a43-0d4a7c1e8b10")
 
 
@@ -56,7 +69,9 @@ class SyntheticConfig:
         if not self.users or not self.sessions:
             raise ValueError("synthetic.users and synthetic.sessions must be non-empty")
         if not (16 <= self.width <= 1280 and 16 <= self.height <= 720):
-            raise ValueError(f"synthetic frame size must be within 16x16..1280x720, got {self.width}x{self.height}")
+            raise ValueError(
+                f"synthetic frame size must be within 16x16..1280x720, got {self.width}x{self.height}"
+            )
         if self.boxes_per_session < 1 or self.duration_scale <= 0:
             raise ValueError("synthetic.boxes_per_session must be >= 1 and synthetic.duration_scale > 0")
 
@@ -124,9 +139,22 @@ def _write_csvs(user_dir: Path, user: str, session: str, segs: list[_Seg]) -> No
         w.writerow(["uuid", "user", "session", "box", "id", "operation", "start", "end", "actions"])
         for i, s in enumerate(segs):
             op_uuid = uuid.uuid5(_UUID_NS, f"op/{user}/{session}/{i}")
-            actions = ";".join(f"act:{uuid.uuid5(_UUID_NS, f'act/{user}/{session}/{i}/{j}')}" for j in range(2))
-            w.writerow([f"op:{op_uuid}", user, session, s.box, s.op_id, ID_TO_CLASS[s.op_id].name,
-                        unix_ms_to_iso(s.start_ms), unix_ms_to_iso(s.end_ms), actions])
+            actions = ";".join(
+                f"act:{uuid.uuid5(_UUID_NS, f'act/{user}/{session}/{i}/{j}')}" for j in range(2)
+            )
+            w.writerow(
+                [
+                    f"op:{op_uuid}",
+                    user,
+                    session,
+                    s.box,
+                    s.op_id,
+                    ID_TO_CLASS[s.op_id].name,
+                    unix_ms_to_iso(s.start_ms),
+                    unix_ms_to_iso(s.end_ms),
+                    actions,
+                ]
+            )
     with open(hz / f"{session}.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["unixtime", "user", "session", "box", "id"])
@@ -168,6 +196,7 @@ def generate_session(cfg: SyntheticConfig, root: Path, user_idx: int, session_id
         obj = None
         if seg is not None:
             if k not in objects:
+                renderer.set_style()
                 objects[k] = renderer.object_for(seg.op_id)
             obj = objects[k]
         image = renderer.render(t, obj, seg.start_ms if seg else t, i)
@@ -181,7 +210,8 @@ def generate_session(cfg: SyntheticConfig, root: Path, user_idx: int, session_id
 
 
 def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite: bool = False) -> Path:
-    """Generate the dataset into `root` (atomically). Reuses an existing one made with the same config."""
+    """Generate the dataset into `root` (atomically). Reuses an existing one made with the same config and
+    regenerates one made with another config (it is ours and reproducible); never touches other folders."""
     cfg.validate()
     root = Path(root)
     spec = json.dumps(asdict(cfg), sort_keys=True)
@@ -189,12 +219,11 @@ def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite
     if marker.exists() and not overwrite:
         if json.loads(marker.read_text())["config"] == json.loads(spec):
             return root
+        log.warning("%s was generated with other synthetic settings; regenerating it", root)
+    elif root.exists() and any(root.iterdir()) and not overwrite:
         raise ValueError(
-            f"{root} holds synthetic data made with a different config ({marker}); "
-            "pass overwrite=true or choose another root"
+            f"{root} exists and is not a synthetic dataset made by vlmchallenge; refusing to overwrite"
         )
-    if root.exists() and not marker.exists() and any(root.iterdir()) and not overwrite:
-        raise ValueError(f"{root} exists and is not a synthetic dataset made by vlmchallenge; refusing to overwrite")
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -202,7 +231,9 @@ def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite
     try:
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                counts = list(pool.map(generate_session, *zip(*[(cfg, tmp, u, s) for u, s in jobs], strict=True)))
+                counts = list(
+                    pool.map(generate_session, *zip(*[(cfg, tmp, u, s) for u, s in jobs], strict=True))
+                )
         else:
             counts = [generate_session(cfg, tmp, u, s) for u, s in jobs]
         (tmp / MARKER).write_text(json.dumps({"config": json.loads(spec), "frames": sum(counts)}, indent=1))

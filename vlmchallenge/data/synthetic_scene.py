@@ -72,26 +72,39 @@ class ObjectSpec:
 class SceneRenderer:
     """Renders frames of one session (fixed size, background and noise tiles)."""
 
-    def __init__(self, width: int, height: int, difficulty: str, rng: np.random.Generator, band_frac: float = 0.1):
+    def __init__(
+        self, width: int, height: int, difficulty: str, rng: np.random.Generator, band_frac: float = 0.1
+    ):
         if difficulty not in DIFFICULTIES:
-            raise ValueError(f"synthetic.difficulty: expected one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
+            raise ValueError(
+                f"synthetic.difficulty: expected one of {sorted(DIFFICULTIES)}, got {difficulty!r}"
+            )
         self.w, self.h = width, height
         self.diff = DIFFICULTIES[difficulty]
         self.rng = rng
         self.band = max(1, round(band_frac * height))
-        bg = rng.integers(40, 110, size=3)
-        noise = rng.normal(0, self.diff.noise_sigma, size=(6, height, width, 3))
-        self.backgrounds = [np.clip(bg + n, 0, 255).astype(np.uint8) for n in noise]
-        self.distractor_colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        self.noise = rng.normal(0, self.diff.noise_sigma, size=(6, height, width, 3)).astype(np.float32)
         self.distractor_phase = rng.uniform(0, 2 * math.pi, size=2)
+        self.set_style()
+
+    def set_style(self) -> None:
+        """A new background colour and distractor colour. Called per segment: with only a few sessions to train
+        on, per-session styles let a model key on a session's look; per-segment styles carry no label."""
+        bg = self.rng.integers(40, 110, size=3).astype(np.float32)
+        self.backgrounds = [np.clip(bg + n, 0, 255).astype(np.uint8) for n in self.noise]
+        self.distractor_colour = tuple(int(c) for c in self.rng.integers(0, 256, size=3))
         try:
             self.font = ImageFont.load_default(size=max(8, int(self.band * 0.7)))
         except (TypeError, OSError):  # Pillow without FreeType
             self.font = ImageFont.load_default()
 
     def object_for(self, op_id: int) -> ObjectSpec:
-        colour = PALETTE[op_id] if self.diff.class_colour else tuple(int(c) for c in self.rng.integers(0, 256, 3))
-        return ObjectSpec(op_id, colour, float(self.rng.uniform(*self.diff.half_size)), float(self.rng.uniform(0, 0.3)))
+        colour = (
+            PALETTE[op_id] if self.diff.class_colour else tuple(int(c) for c in self.rng.integers(0, 256, 3))
+        )
+        return ObjectSpec(
+            op_id, colour, float(self.rng.uniform(*self.diff.half_size)), float(self.rng.uniform(0, 0.3))
+        )
 
     def render(self, t_ms: int, obj: ObjectSpec | None, seg_start_ms: int, frame_no: int) -> Image.Image:
         image = Image.fromarray(self.backgrounds[frame_no % len(self.backgrounds)])
@@ -101,8 +114,12 @@ class SceneRenderer:
             self._draw_object(draw, obj, t_ms - seg_start_ms, t_ms)
         draw.rectangle((0, 0, self.w, self.band - 1), fill=(0, 0, 0))
         stamp = unix_ms_to_jst(t_ms).strftime("%Y-%m-%d %H:%M:%S.%f")
-        draw.text((2, max(0, (self.band - self.font.size) // 2) if hasattr(self.font, "size") else 1), stamp,
-                  fill=(255, 255, 255), font=self.font)
+        draw.text(
+            (2, max(0, (self.band - self.font.size) // 2) if hasattr(self.font, "size") else 1),
+            stamp,
+            fill=(255, 255, 255),
+            font=self.font,
+        )
         return image
 
     def _draw_distractor(self, draw: ImageDraw.ImageDraw, t_ms: int) -> None:
@@ -141,7 +158,9 @@ class SceneRenderer:
         _draw_shape(draw, shape, cx, cy, half * scale, angle, obj.colour)
 
 
-def _rotated(points: list[tuple[float, float]], cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
+def _rotated(
+    points: list[tuple[float, float]], cx: float, cy: float, angle: float
+) -> list[tuple[float, float]]:
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
@@ -154,10 +173,19 @@ def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, angle: float, 
     elif shape == "square":
         draw.polygon(_rotated([(-r, -r), (r, -r), (r, r), (-r, r)], cx, cy, angle), fill=colour)
     elif shape == "bar":
-        draw.polygon(_rotated([(-1.4 * r, -0.3 * r), (1.4 * r, -0.3 * r), (1.4 * r, 0.3 * r), (-1.4 * r, 0.3 * r)],
-                              cx, cy, angle), fill=colour)
+        draw.polygon(
+            _rotated(
+                [(-1.4 * r, -0.3 * r), (1.4 * r, -0.3 * r), (1.4 * r, 0.3 * r), (-1.4 * r, 0.3 * r)],
+                cx,
+                cy,
+                angle,
+            ),
+            fill=colour,
+        )
     elif shape == "triangle":
-        draw.polygon(_rotated([(0, -r), (0.95 * r, 0.8 * r), (-0.95 * r, 0.8 * r)], cx, cy, angle), fill=colour)
+        draw.polygon(
+            _rotated([(0, -r), (0.95 * r, 0.8 * r), (-0.95 * r, 0.8 * r)], cx, cy, angle), fill=colour
+        )
     elif shape == "cross":
         t = 0.33 * r
         for pts in ([(-r, -t), (r, -t), (r, t), (-r, t)], [(-t, -r), (t, -r), (t, r), (-t, r)]):

@@ -1,0 +1,125 @@
+"""End-to-end training on the tiny model: artefacts, adapter-only checkpoints, exact resume, determinism,
+export round trip, 4-bit QLoRA on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import compose_train
+from vlmchallenge.models.collator import PromptCollator
+from vlmchallenge.models.label_scorer import LabelScorer
+from vlmchallenge.train import train
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def run(tmp_path, shared_data_dir, name, *overrides):
+    cfg = compose_train(
+        tmp_path / "train" / "runs" / name, shared_data_dir, list(overrides), log_dir=tmp_path
+    )
+    metrics, objects = train(cfg)
+    return cfg, metrics, objects
+
+
+def test_train_validate_test_export(tmp_path, shared_data_dir):
+    cfg, metrics, objects = run(tmp_path, shared_data_dir, "run")
+    out = tmp_path / "train" / "runs" / "run"
+    assert {"val/f1_macro", "val/acc", "test/f1_macro", "test/acc", "train/loss"} <= set(metrics)
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert (out / "csv" / "metrics.csv").exists()
+    export = objects["export_dir"]
+    assert {
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "label_map.json",
+        "vlmchallenge.json",
+    } <= {p.name for p in export.iterdir()}
+    assert (export / "adapter" / "adapter_config.json").exists()
+    meta = json.loads((export / "vlmchallenge.json").read_text())
+    assert meta["sampler"]["num_frames"] == 4 and meta["prompt"]["class_names"][0] == "Picking"
+
+
+def test_checkpoint_holds_only_trainable_tensors_and_resume_continues(tmp_path, shared_data_dir):
+    _, _, first = run(tmp_path, shared_data_dir, "a", "trainer.max_epochs=1", "test=false", "export=false")
+    ckpt = torch.load(tmp_path / "train" / "runs" / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    module = first["module"]
+    trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
+    model_keys = {k for k in ckpt["state_dict"] if k.startswith("model.")}
+    assert model_keys == trainable
+    assert ckpt["global_step"] == 4
+    state = ckpt["optimizer_states"][0]["state"]
+    assert len(state) == len(trainable)
+
+    _, _, resumed = run(
+        tmp_path, shared_data_dir, "b", "trainer.max_epochs=2", "ckpt_path=last", "test=false", "export=false"
+    )
+    trainer = resumed["trainer"]
+    assert trainer.global_step == 8  # continued from step 4, not restarted
+    assert trainer.current_epoch == 2
+    # the resumed optimizer kept its moments: step counts continue from the checkpoint's
+    opt_state = trainer.optimizers[0].state_dict()["state"]
+    assert all(int(s["step"]) == 8 for s in opt_state.values())
+
+
+def test_same_seed_same_metrics(tmp_path, shared_data_dir):
+    _, m1, _ = run(tmp_path, shared_data_dir, "s1", "export=false")
+    _, m2, _ = run(tmp_path, shared_data_dir, "s2", "export=false")
+    for key in ("train/loss", "val/loss", "val/f1_macro", "test/loss"):
+        assert m1[key] == pytest.approx(m2[key], abs=1e-6), key
+
+
+def test_export_round_trip_gives_the_same_predictions(tmp_path, shared_data_dir):
+    """Plain transformers (+ peft for the adapter) load the export and score the test clips identically."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    _, _, objects = run(tmp_path, shared_data_dir, "exp", "trainer.limit_train_batches=6")
+    module, dm, export = objects["module"], objects["datamodule"], objects["export_dir"]
+    processor = AutoProcessor.from_pretrained(export)
+    merged = AutoModelForImageTextToText.from_pretrained(export).eval()
+    meta = json.loads((export / "vlmchallenge.json").read_text())
+    adapter = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(meta["base_model"]), export / "adapter"
+    ).eval()
+    scorer = LabelScorer(processor.tokenizer, module.prompt)
+    dm.eval_collate = PromptCollator(processor, module.prompt)  # the exported processor, not the training one
+    module.model.eval()
+    for batch in dm.test_dataloader():
+        before = scorer.score(module.model, batch)
+        assert torch.allclose(scorer.score(merged, batch), before, atol=1e-4)
+        assert torch.allclose(scorer.score(adapter, batch), before, atol=1e-4)
+        assert torch.equal(scorer.score(merged, batch).argmax(1), before.argmax(1))
+
+
+def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_dir):
+    """Validation between training steps used to break 4-bit training on AVX512-BF16 CPUs (bnb trap 2)."""
+    import bitsandbytes as bnb
+
+    _, metrics, objects = run(
+        tmp_path,
+        shared_data_dir,
+        "q",
+        "+experiment=tiny_qlora_cpu",
+        "trainer.max_epochs=2",
+        "~callbacks.model_checkpoint",
+        "trainer.enable_checkpointing=false",
+        "test=false",
+        "export=false",
+    )
+    model = objects["module"].model
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and not any(
+        "visual" in n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)
+    )
+    assert objects["trainer"].global_step == 8
+    assert metrics["train/loss"] == metrics["train/loss"]  # finite, not NaN

@@ -1,0 +1,80 @@
+"""Processor-based collation of decoded clips into model batches.
+
+- `TrainCollator`: prompt + answer, right padding; labels are -100 everywhere except the answer tokens
+  (class name + `<|im_end|>`), found at the end of each row and checked against the answer's own tokenisation.
+- `PromptCollator`: prompt only, left padding (for scoring and batched generation).
+Both run the processor inside DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlmchallenge.models.prompt import PromptBuilder
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    label: int  # index into the prompt's class list
+    meta: dict
+
+
+def vision_tokens(video_grid_thw: torch.Tensor, merge_size: int = 2) -> torch.Tensor:
+    """LLM-side tokens per clip: (T/2 * H/14 * W/14) patches merged 2x2."""
+    return video_grid_thw.prod(-1) // (merge_size**2)
+
+
+class _Base:
+    def __init__(self, processor, prompt: PromptBuilder):
+        self.processor = processor
+        self.prompt = prompt
+        self.prompt_text = prompt.prompt(processor)
+        tok = processor.tokenizer
+        self.answer_ids = [
+            tok(prompt.answer(i), add_special_tokens=False)["input_ids"]
+            for i in range(len(prompt.class_names))
+        ]
+
+    def _encode(self, texts: list[str], examples: list[Example], padding_side: str) -> dict:
+        enc = self.processor(
+            text=texts,
+            videos=[ex.frames for ex in examples],
+            return_tensors="pt",
+            padding=True,
+            padding_side=padding_side,
+        )
+        batch = dict(enc)
+        batch["class_index"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        batch["meta"] = [ex.meta for ex in examples]
+        return batch
+
+
+class TrainCollator(_Base):
+    def __call__(self, examples: list[Example]) -> dict:
+        texts = [self.prompt_text + self.prompt.answer(ex.label) for ex in examples]
+        batch = self._encode(texts, examples, "right")
+        ids, lengths = batch["input_ids"], batch["attention_mask"].sum(1)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for row, ex in enumerate(examples):
+            answer = torch.tensor(self.answer_ids[ex.label])
+            end = int(lengths[row])
+            start = end - len(answer)
+            if not torch.equal(ids[row, start:end], answer):
+                raise ValueError(
+                    f"answer tokens for {self.prompt.class_names[ex.label]!r} differ inside the prompt "
+                    "(tokenizer merges across the prompt/answer boundary); cannot mask the loss safely"
+                )
+            labels[row, start:end] = answer
+        batch["labels"] = labels
+        return batch
+
+
+class PromptCollator(_Base):
+    def __call__(self, examples: list[Example]) -> dict:
+        return self._encode([self.prompt_text] * len(examples), examples, "left")

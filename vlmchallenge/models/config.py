@@ -1,0 +1,69 @@
+"""Structured configs of the model group (with its LoRA and quantization parts) and the optimizer group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
+
+# LoRA on the language model's linear layers only: a regex, because the vision towers of other families (and
+# Qwen2.5-VL's vision MLP) reuse the names q_proj/.../down_proj (docs/tiny-vlm.md §1).
+LM_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = LM_LINEARS
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full beside the adapter
+    bias: str = "none"
+
+
+@dataclass
+class QuantizationSettings:
+    """bitsandbytes 4-bit (QLoRA). The vision tower and lm_head stay 16/32-bit (skip names are full prefixes)."""
+
+    enabled: bool = False
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    skip_modules: list[str] = field(default_factory=lambda: ["model.visual", "lm_head"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_qwen2vl"
+    # A hub id (downloaded only because you named it) or a local checkpoint folder. Null with `tiny` set: the
+    # tiny model is built into `cache_dir` once and loaded from there through the same Auto* loader.
+    pretrained: str | None = None
+    tiny: TinyModelSpec | None = None
+    cache_dir: str = "data/models"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+
+    def validate(self) -> None:
+        if (self.pretrained is None) == (self.tiny is None):
+            raise ValueError("model: set exactly one of model.pretrained (hub id or folder) and model.tiny")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization.enabled and not self.lora.enabled:
+            raise ValueError(
+                "model.quantization.enabled needs model.lora.enabled: a 4-bit base cannot be trained"
+            )
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit (bitsandbytes, CUDA)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0

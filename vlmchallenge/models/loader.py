@@ -1,0 +1,97 @@
+"""One loader for every model: a hub id, a local checkpoint folder, or the tiny model's cache folder.
+
+`AutoProcessor` + `AutoModelForImageTextToText` always; the tiny default is only *built* differently
+(`tiny_qwen2vl.ensure_tiny_qwen2vl`), never loaded differently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vlmchallenge.data.frame_sampler import SamplerConfig
+from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.tiny_qwen2vl import ensure_tiny_qwen2vl
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_pretrained(cfg: ModelConfig) -> str:
+    """The folder or hub id to load; builds the tiny model on first use."""
+    cfg.validate()
+    if cfg.tiny is not None:
+        return str(ensure_tiny_qwen2vl(cfg.tiny, cfg.cache_dir))
+    return cfg.pretrained
+
+
+def _local(path_or_id: str) -> bool:
+    return Path(path_or_id).is_dir()
+
+
+def configure_video_size(processor, sampler: SamplerConfig) -> None:
+    """Make the processor keep our frames as they are: the sampler already resized them onto the 28-px grid.
+
+    Without this a Qwen2-VL processor upscales anything under its default 100,352 px per frame
+    (docs/tiny-vlm.md §3) and the vision-token count silently grows."""
+    size = {"shortest_edge": sampler.min_pixels, "longest_edge": sampler.max_pixels}
+    processor.video_processor.size = size
+    if hasattr(processor.video_processor, "do_sample_frames"):
+        processor.video_processor.do_sample_frames = False  # never drop frames we chose
+
+
+def load_processor(path_or_id: str, sampler: SamplerConfig | None = None):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path_or_id, local_files_only=_local(path_or_id))
+    if sampler is not None:
+        configure_video_size(processor, sampler)
+    return processor
+
+
+def quantization_config(cfg: ModelConfig):
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+        llm_int8_skip_modules=list(q.skip_modules),
+    )
+
+
+def load_base_model(
+    cfg: ModelConfig, path_or_id: str, device: str | torch.device = "cpu", quantized: bool | None = None
+):
+    """The base model, 4-bit when `cfg.quantization.enabled` (unless `quantized=False`, e.g. for merging)."""
+    from transformers import AutoModelForImageTextToText
+
+    quantized = cfg.quantization.enabled if quantized is None else quantized
+    kwargs = dict(
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        local_files_only=_local(path_or_id),
+    )
+    if quantized:
+        kwargs["quantization_config"] = quantization_config(cfg)
+        kwargs["device_map"] = {"": str(device)}
+    model = AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
+    if quantized:
+        disable_bnb_cpu_inference_repack(model)
+    return model
+
+
+def disable_bnb_cpu_inference_repack(model) -> None:
+    """bitsandbytes trap (docs/tiny-vlm.md §2, trap 2): on AVX512-BF16 CPUs an eval forward without grad
+    permanently repacks 4-bit weights into an inference layout, after which the next training step fails.
+    Validation runs between training steps, so never take that path."""
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
