@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train test test-full bench lint format clean clean-data
+.PHONY: help install prepare train test bench lint format clean clean-data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -18,7 +18,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## Create .venv and install the package with dev tools (torch 2.14.1 pinned)
 
-prepare: install ## Main job (for now): synthetic OpenPack -> WebDataset shards (ARGS="data.sampler.num_frames=8")
+train: install ## Main job: synthetic data -> shards -> train -> test -> export, on CPU (ARGS="optim.lr=1e-3")
+	$(BIN)/python -m vlmchallenge.train $(ARGS)
+
+prepare: install ## Only data preparation: raw OpenPack (or synthetic) -> WebDataset shards
 	$(BIN)/python -m vlmchallenge.prepare $(ARGS)
 
 test: install ## Run the test suite (fast: synthetic data, a few seconds per test)
@@ -26,6 +29,7 @@ test: install ## Run the test suite (fast: synthetic data, a few seconds per tes
 
 bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/prepare.py $(ARGS)
+	$(BIN)/python bench/train_step.py $(ARGS)
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check vlmchallenge tests bench

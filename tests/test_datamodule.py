@@ -72,3 +72,38 @@ def test_missing_shards_give_a_clear_error(data_cfg):
     dm = ShardDataModule(data_cfg)
     with pytest.raises(FileNotFoundError, match="run `python -m vlmchallenge.prepare`"):
         dm.setup("fit")
+
+
+def test_class_balance_probabilities():
+    from vlmchallenge.data.datamodule import class_accept_probabilities
+
+    acc = class_accept_probabilities({"Picking": 400, "Put on Back Table": 25, "Null": 0}, alpha=1.0)
+    assert acc == {0: 25 / 400, 8: 1.0}
+    half = class_accept_probabilities({"Picking": 400, "Put on Back Table": 25}, alpha=0.5)
+    assert half[0] == pytest.approx(0.25) and half[8] == 1.0
+    assert class_accept_probabilities({"Picking": 400, "Put on Back Table": 25}, alpha=0.0) == {
+        0: 1.0,
+        8: 1.0,
+    }
+
+
+def test_balanced_stream_evens_out_class_frequencies(prepared):
+    from collections import Counter
+
+    def labels(balance):
+        dm = ShardDataModule(
+            prepared,
+            train_collate=lambda xs: [x.label for x in xs],
+            num_workers=0,
+            batch_size=4,
+            class_balance=balance,
+            seed=3,
+        )
+        dm.setup("fit")
+        return Counter(y for _ in range(3) for b in dm.train_dataloader() for y in b)
+
+    natural, balanced = labels(0.0), labels(1.0)
+    spread = lambda c: max(c.values()) / min(c.values())  # noqa: E731
+    assert spread(balanced) < spread(natural)
+    with pytest.raises(ValueError, match="class_balance"):
+        ShardDataModule(prepared, class_balance=2.0)

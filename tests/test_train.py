@@ -112,6 +112,7 @@ def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_di
         "+experiment=tiny_qlora_cpu",
         "trainer.max_epochs=2",
         "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
         "trainer.enable_checkpointing=false",
         "test=false",
         "export=false",
@@ -123,3 +124,40 @@ def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_di
     )
     assert objects["trainer"].global_step == 8
     assert metrics["train/loss"] == metrics["train/loss"]  # finite, not NaN
+
+
+def test_export_cli_from_a_checkpoint(tmp_path, shared_data_dir):
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForImageTextToText
+
+    _, _, objects = run(tmp_path, shared_data_dir, "cli", "export=false", "test=false")
+    ckpt = tmp_path / "train" / "runs" / "cli" / "checkpoints" / "last.ckpt"
+    # the run config must be where Hydra would have written it
+    (ckpt.parent.parent / ".hydra").mkdir(exist_ok=True)
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(tmp_path / "train" / "runs" / "cli", shared_data_dir, ["export=false", "test=false"])
+    OmegaConf.save(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+        ckpt.parent.parent / ".hydra" / "config.yaml",
+    )
+    out = tmp_path / "exported"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmchallenge.export",
+            f"ckpt={ckpt}",
+            f"out_dir={out}",
+            f"paths.log_dir={tmp_path}/logs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = AutoModelForImageTextToText.from_pretrained(out)
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"

@@ -20,6 +20,9 @@ class LoaderConfig:
     eval_batch_size: int = 32
     num_workers: int = 1
     shuffle_buffer: int = 500
+    class_balance: float = (
+        0.0  # 0: natural class frequencies; 1: every class equally often (rejection sampling)
+    )
 
 
 def register_configs() -> None:

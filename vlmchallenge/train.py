@@ -34,11 +34,17 @@ from vlmchallenge.utils import (
 log = logging.getLogger(__name__)
 
 
+def typed(schema, node):
+    """A config node as its dataclass, also for configs reloaded from a run's .hydra/config.yaml (untyped)."""
+    resolved = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), resolved))
+
+
 def build_components(cfg: DictConfig):
     """Typed configs -> processor, prompt, datamodule and module (no weights loaded yet)."""
-    data: DataConfig = OmegaConf.to_object(cfg.data)
-    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
-    optim_cfg: OptimConfig = OmegaConf.to_object(cfg.optim)
+    data: DataConfig = typed(DataConfig, cfg.data)
+    model_cfg: ModelConfig = typed(ModelConfig, cfg.model)
+    optim_cfg: OptimConfig = typed(OptimConfig, cfg.optim)
     data.validate()
     model_cfg.validate()
     pretrained = resolve_pretrained(model_cfg)

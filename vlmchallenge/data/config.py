@@ -13,7 +13,7 @@ from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.shard_writer import ShardConfig
 from vlmchallenge.data.splits import SplitConfig
-from vlmchallenge.data.synthetic import SyntheticConfig
+from vlmchallenge.data.synthetic import GENERATOR_VERSION, SyntheticConfig
 
 MANIFEST_VERSION = 1
 
@@ -50,7 +50,9 @@ class DataConfig:
             "root": str(Path(self.root).resolve()),
             "source": self.source,
             "video": [self.video_pattern, self.video_time_origin] if self.source == "video" else None,
-            "synthetic": asdict(self.synthetic) if self.synthetic else None,
+            "synthetic": {**asdict(self.synthetic), "generator": GENERATOR_VERSION}
+            if self.synthetic
+            else None,
             "clips": asdict(self.clips),
             "sampler": asdict(self.sampler),
             "splits": asdict(self.splits),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import islice
@@ -30,6 +31,25 @@ from vlmchallenge.models.collator import Example
 def split_by_rank(src: Iterator, rank: int, world_size: int) -> Iterator:
     """Disjoint shard subsets per rank (explicit rank/world, so it works before and without torch.distributed)."""
     yield from islice(src, rank, None, world_size)
+
+
+def class_accept_probabilities(class_counts: dict[str, int], alpha: float) -> dict[int, float]:
+    """Keep-probability per class index so the stream's class frequencies go from n_c to ~n_c^(1-alpha):
+    alpha 0 = natural distribution, 1 = balanced. OpenPack is imbalanced (e.g. "Put on Back Table" is ~1 % of
+    the seconds) and the metric is macro-F1, so rare classes matter as much as common ones."""
+    from vlmchallenge.data.classes import NAME_TO_CLASS
+
+    present = {NAME_TO_CLASS[name].index: n for name, n in class_counts.items() if n > 0}
+    rarest = min(present.values())
+    return {idx: (rarest / n) ** alpha for idx, n in present.items()}
+
+
+def balance_classes(src: Iterator[dict], accept: dict[int, float], seed: int) -> Iterator[dict]:
+    """Rejection-sample a (not yet decoded) sample stream by its `cls` entry."""
+    rng = random.Random(seed * 100_003 + wds.utils.pytorch_worker_seed())
+    for sample in src:
+        if rng.random() < accept.get(int(sample["cls"]), 1.0):
+            yield sample
 
 
 def to_example(sample: dict) -> Example:
@@ -59,6 +79,7 @@ class ShardDataModule(pl.LightningDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 1,
         shuffle_buffer: int = 500,
+        class_balance: float = 0.0,
         seed: int = 0,
         train_collate: Callable | None = None,
         eval_collate: Callable | None = None,
@@ -67,6 +88,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.data, self.data_dir = data, data_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
+        if not 0.0 <= class_balance <= 1.0:
+            raise ValueError(f"loader.class_balance: expected a value in [0, 1], got {class_balance}")
+        self.class_balance = class_balance
         self.train_collate, self.eval_collate = train_collate, eval_collate
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)
@@ -97,9 +121,16 @@ class ShardDataModule(pl.LightningDataModule):
         urls, total = read_split_index(self.out_dir, "train")
         if total == 0:
             raise ValueError(f"{self.out_dir}/train: the train split is empty; check data.splits")
-        pipeline = wds.DataPipeline(
+        stages = [
             wds.ResampledShards(urls, seed=self.seed + 7919 * self.rank, deterministic=True),
             wds.tarfile_to_samples(),
+        ]
+        if self.class_balance > 0:
+            counts = self.manifest["splits"]["train"]["class_counts"]
+            accept = class_accept_probabilities(counts, self.class_balance)
+            stages.append(partial(balance_classes, accept=accept, seed=self.seed + 7919 * self.rank))
+        pipeline = wds.DataPipeline(
+            *stages,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
             wds.decode("rgb8"),
             wds.map(to_example),

@@ -39,7 +39,7 @@ PALETTE: dict[int, tuple[int, int, int]] = {
     700: (70, 240, 240),
     800: (240, 50, 230),
     900: (250, 250, 250),
-    1000: (128, 128, 0),
+    1000: (210, 245, 60),  # bright: a dull colour sat inside the background range and was often missed
 }
 
 

@@ -77,10 +77,16 @@ class VLMClassifier(pl.LightningModule):
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         if batch_idx == 0:
-            self.log(
-                "train/vision_tokens", vision_tokens(batch["video_grid_thw"]).float().mean(), batch_size=n
-            )
+            tokens = vision_tokens(batch["video_grid_thw"]).float().mean()
+            self.log("train/vision_tokens", tokens, batch_size=n)
             self.log("train/seq_len", float(batch["input_ids"].shape[1]), batch_size=n)
+            if self.global_step == 0:
+                log.info(
+                    "vision tokens per clip: %d (video grid t,h,w = %s); sequence length %d",
+                    int(tokens),
+                    batch["video_grid_thw"][0].tolist(),
+                    batch["input_ids"].shape[1],
+                )
         return loss
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> torch.Tensor:

@@ -1,0 +1,92 @@
+"""Every shipped config composes into the schemas without loading anything; mistakes fail at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+import vlmchallenge.conf_schema  # noqa: F401
+from vlmchallenge.data.config import DataConfig
+from vlmchallenge.models.config import ModelConfig, OptimConfig
+from vlmchallenge.train import typed
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_expected_experiments_ship():
+    assert {"tiny_cpu", "tiny_qlora_cpu", "qwen2vl_2b_qlora", "qwen25vl_3b_lora", "qwen2vl_7b_qlora"} <= set(
+        EXPERIMENTS
+    )
+    assert {"tiny_qwen2vl", "qwen2vl_2b", "qwen2vl_7b", "qwen25vl_3b", "qwen25vl_7b"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_compose(experiment):
+    cfg = compose_train(
+        [f"+experiment={experiment}", "data.root=/data/openpack/v1.0.0", "paths.output_dir=/tmp/x"]
+    )
+    model = typed(ModelConfig, cfg.model)
+    model.validate()
+    typed(OptimConfig, cfg.optim)
+    typed(DataConfig, cfg.data).validate()
+    if "qlora" in experiment:
+        assert model.quantization.enabled and model.lora.enabled
+        assert (
+            "model.visual" in model.quantization.skip_modules and "lm_head" in model.quantization.skip_modules
+        )
+    if experiment.startswith("qwen"):
+        assert model.pretrained.startswith("Qwen/") and model.tiny is None
+        assert not model.lora.modules_to_save  # real models: plain LoRA on the LM
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_presets_compose(model):
+    cfg = compose_train([f"model={model}", "paths.output_dir=/tmp/x"])
+    typed(ModelConfig, cfg.model).validate()
+
+
+def test_hparams_search_and_debug_compose():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hparams_search=optuna", "debug=fast_dev_run"], return_hydra_config=True
+        )
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/f1_macro"
+    assert cfg.trainer.fast_dev_run is True
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.lora.rank=8", "Key 'rank' not in 'LoraSettings'"),
+        ("model.lora.r=eight", "could not be converted to Integer"),
+        ("optim.lr=fast", "could not be converted to Float"),
+        ("loader.batch_sise=4", "Key 'batch_sise' not in 'LoaderConfig'"),
+    ],
+)
+def test_typos_and_wrong_types_fail_at_composition(override, message):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_train([override])
+    assert message in str(e.value.__cause__)
+
+
+def test_experiment_needs_plus_prefix():
+    with pytest.raises(ConfigCompositionException, match=r"\+experiment"):
+        compose_train(["experiment=tiny_cpu"])
+
+
+def test_lora_lists_stay_plain_for_peft():
+    cfg = compose_train([])
+    model = typed(ModelConfig, cfg.model)
+    assert type(model.lora.modules_to_save) is list  # a ListConfig would break peft's JSON save (peft#567)
+    assert OmegaConf.is_config(cfg.model)
