@@ -1,0 +1,67 @@
+"""The clip-level metric suite (torchmetrics): accuracy, balanced accuracy, precision/recall/F1 per class,
+macro and weighted, mAP from the class probabilities, and the confusion matrix.
+
+Macro averages follow torchmetrics/scikit-learn defaults: a class absent from both targets and predictions is
+left out of the average. (OpenPack's official score counts such a class as F1 0: see `openpack_metric.py`.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAveragePrecision,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+def clip_metrics(num_classes: int, prefix: str = "") -> MetricCollection:
+    """Update with (probabilities (N, K), targets (N,)); argmax is taken for the label metrics."""
+    k = num_classes
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(k, average="micro"),
+            "balanced_acc": MulticlassRecall(k, average="macro"),
+            "precision_macro": MulticlassPrecision(k, average="macro"),
+            "recall_macro": MulticlassRecall(k, average="macro"),
+            "f1_macro": MulticlassF1Score(k, average="macro"),
+            "f1_weighted": MulticlassF1Score(k, average="weighted"),
+            "precision_per_class": MulticlassPrecision(k, average="none"),
+            "recall_per_class": MulticlassRecall(k, average="none"),
+            "f1_per_class": MulticlassF1Score(k, average="none"),
+            "map": MulticlassAveragePrecision(k, average="macro"),
+            "confusion_matrix": MulticlassConfusionMatrix(k),
+        },
+        prefix=prefix,
+    )
+
+
+SCALAR_KEYS = ("acc", "balanced_acc", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "map")
+
+
+def check_inputs(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
+    """Bad input is an error, never a wrong number."""
+    if probs.ndim != 2 or probs.shape[1] != num_classes:
+        raise ValueError(f"probabilities must have shape (N, {num_classes}), got {tuple(probs.shape)}")
+    if targets.ndim != 1 or len(targets) != len(probs):
+        raise ValueError(f"got {len(targets)} targets for {len(probs)} predictions; expected one target per clip")
+    if len(targets) == 0:
+        raise ValueError("no clips to evaluate (empty test set)")
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if len(bad):
+        raise ValueError(f"target class index {int(bad[0])} outside 0..{num_classes - 1}")
+
+
+def compute_clip_metrics(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict:
+    """One-shot evaluation: scalars as floats, per-class lists and the confusion matrix as nested lists."""
+    check_inputs(probs, targets, num_classes)
+    metrics = clip_metrics(num_classes)
+    metrics.update(probs.float(), targets.long())
+    out = {}
+    for name, value in metrics.compute().items():
+        out[name] = float(value) if value.ndim == 0 else value.tolist()
+    return out

@@ -1,0 +1,156 @@
+"""Turn per-clip predictions into the evaluation report: clip metrics, the official 1-second score, the
+challenge submission, predictions.csv, report.json / report.md and the figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
+from vlmchallenge.data.classes import NAME_TO_CLASS
+from vlmchallenge.data.config import DataConfig
+from vlmchallenge.data.openpack_layout import discover_sessions
+from vlmchallenge.evaluation.metrics import SCALAR_KEYS, compute_clip_metrics
+from vlmchallenge.evaluation.openpack_metric import (
+    SessionSeconds,
+    evaluate_sessions,
+    make_submission,
+    resample_predictions_1hz,
+    write_submission,
+)
+from vlmchallenge.evaluation.plots import confusion_matrix_png, per_class_f1_png, timeline_png
+
+
+def prediction_times(meta: dict, clip_mode: str) -> list[int]:
+    """When a clip's prediction holds: a window speaks for its centre; a segment for each of its seconds."""
+    start, end = int(meta["start_ms"]), int(meta["end_ms"])
+    if clip_mode == "segment":
+        return [start, *range(start - start % 1000 + 1000, end, 1000)]
+    return [(start + end) // 2]
+
+
+def session_seconds(predictions: list[dict], class_ids: list[int], data: DataConfig) -> list[SessionSeconds]:
+    """Map clip predictions onto each session's 1-Hz ground truth (`openpack-operations-1hz`)."""
+    by_session: dict[str, list[dict]] = defaultdict(list)
+    for p in predictions:
+        by_session[f"{p['meta']['user']}-{p['meta']['session']}"].append(p)
+    refs = {r.key: r for r in discover_sessions(data.root)}
+    sessions = []
+    for key in sorted(by_session):
+        ref = refs.get(key)
+        if ref is None or ref.operations_1hz_csv is None:
+            raise FileNotFoundError(f"{key}: no annotation/openpack-operations-1hz file under {data.root}")
+        gt = parse_operations_1hz_csv(ref.operations_1hz_csv)
+        times, ids = [], []
+        for p in by_session[key]:
+            if p["pred"] is None:
+                continue  # an invalid generation has no class; its seconds are forward-filled
+            for t in prediction_times(p["meta"], data.clips.mode):
+                times.append(t)
+                ids.append(class_ids[p["pred"]])
+        grid = np.asarray(gt.unixtime_ms, dtype=np.int64)
+        pred, filled = resample_predictions_1hz(np.asarray(times), np.asarray(ids), grid, key)
+        sessions.append(SessionSeconds(key, grid, np.asarray(gt.op_ids, dtype=np.int64), pred, filled))
+    return sessions
+
+
+def build_report(predictions: list[dict], class_names: list[str], data: DataConfig, out_dir: str | Path,
+                 mode: str = "score", extra: dict | None = None) -> dict:
+    """`predictions`: one dict per clip with `meta`, `target`, `pred` (class index or None for an invalid
+    generation) and, in score mode, `probs`."""
+    if not predictions:
+        raise ValueError("no predictions: the evaluated split is empty")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    k = len(class_names)
+    class_ids = [NAME_TO_CLASS[n].id for n in class_names]
+    targets = torch.tensor([p["target"] for p in predictions])
+    invalid = sum(p["pred"] is None for p in predictions)
+    if mode == "score":
+        probs = torch.tensor([p["probs"] for p in predictions])
+    else:  # one-hot of the parsed answer; an invalid answer gets no class (all zeros: wrong for every metric)
+        probs = torch.zeros(len(predictions), k)
+        for i, p in enumerate(predictions):
+            if p["pred"] is not None:
+                probs[i, p["pred"]] = 1.0
+    clip = compute_clip_metrics(probs, targets, k)
+    if mode != "score":
+        clip.pop("map")  # needs scores, not a single answer
+    sessions = session_seconds(predictions, class_ids, data)
+    official = evaluate_sessions(sessions)
+    write_submission(make_submission(sessions), out_dir, {"mode": mode, **(extra or {})})
+
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "user", "session", "start_ms", "end_ms", "target_id", "target", "pred_id", "pred",
+                    *(["p_" + n for n in class_names] if mode == "score" else ["generated"])])
+        for p in predictions:
+            m = p["meta"]
+            pred = p["pred"]
+            w.writerow([m.get("key", ""), m["user"], m["session"], m["start_ms"], m["end_ms"], class_ids[p["target"]],
+                        class_names[p["target"]], "" if pred is None else class_ids[pred],
+                        "" if pred is None else class_names[pred],
+                        *([f"{x:.6f}" for x in p["probs"]] if mode == "score" else [p.get("text", "")])])
+    confusion_matrix_png(clip["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
+    per_class_f1_png(clip["f1_per_class"], class_names, out_dir / "per_class_f1.png", clip["f1_macro"])
+    timeline_png(sessions, out_dir / "timeline.png")
+
+    report = {
+        "mode": mode,
+        "clips": len(predictions),
+        "invalid_generations": invalid,
+        "clip_metrics": {key: clip[key] for key in SCALAR_KEYS if key in clip},
+        "per_class": {n: {"precision": clip["precision_per_class"][i], "recall": clip["recall_per_class"][i],
+                          "f1": clip["f1_per_class"][i], "support": int((targets == i).sum())}
+                      for i, n in enumerate(class_names)},
+        "confusion_matrix": clip["confusion_matrix"],
+        "openpack_official": {"f1_macro": official["all"]["f1_macro"], "f1_weighted": official["all"]["f1_weighted"],
+                              "seconds": official["all"]["seconds"], "filled_seconds": official["all"]["filled_seconds"],
+                              "per_session": {s: official[s]["f1_macro"] for s in official if s != "all"},
+                              "per_class": official["all"]["per_class"]},
+        **(extra or {}),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def render_markdown(r: dict) -> str:
+    cm, off = r["clip_metrics"], r["openpack_official"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Mode: `{r['mode']}`; {r['clips']} clips"
+        + (f"; {r['invalid_generations']} invalid generations" if r["mode"] != "score" else "") + ".",
+        "",
+        "## OpenPack official score (1-second macro-F1 over the 10 operations, Null seconds dropped)",
+        "",
+        f"**macro-F1 {off['f1_macro']:.4f}** (weighted {off['f1_weighted']:.4f}) over {off['seconds']} seconds; "
+        f"{off['filled_seconds']} seconds forward-filled.",
+        "",
+        "| session | macro-F1 |",
+        "|---|---:|",
+        *(f"| {s} | {v:.4f} |" for s, v in off["per_session"].items()),
+        "",
+        "## Clip metrics",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        *(f"| {k} | {v:.4f} |" for k, v in cm.items()),
+        "",
+        "| class | precision | recall | F1 | clips |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {n} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+          for n, v in r["per_class"].items()),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "![per-class F1](per_class_f1.png)",
+        "![timeline](timeline.png)",
+        "",
+    ]
+    return "\n".join(lines)
