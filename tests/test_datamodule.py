@@ -74,17 +74,14 @@ def test_missing_shards_give_a_clear_error(data_cfg):
         dm.setup("fit")
 
 
-def test_class_balance_probabilities():
-    from vlmchallenge.data.datamodule import class_accept_probabilities
+def test_class_balance_repeat_factors():
+    from vlmchallenge.data.datamodule import class_repeat_factors
 
-    acc = class_accept_probabilities({"Picking": 400, "Put on Back Table": 25, "Null": 0}, alpha=1.0)
-    assert acc == {0: 25 / 400, 8: 1.0}
-    half = class_accept_probabilities({"Picking": 400, "Put on Back Table": 25}, alpha=0.5)
-    assert half[0] == pytest.approx(0.25) and half[8] == 1.0
-    assert class_accept_probabilities({"Picking": 400, "Put on Back Table": 25}, alpha=0.0) == {
-        0: 1.0,
-        8: 1.0,
-    }
+    full = class_repeat_factors({"Picking": 400, "Put on Back Table": 25, "Null": 0}, alpha=1.0)
+    assert full == {0: 1.0, 8: 16.0}
+    half = class_repeat_factors({"Picking": 400, "Put on Back Table": 25}, alpha=0.5)
+    assert half[0] == 1.0 and half[8] == pytest.approx(4.0)
+    assert class_repeat_factors({"Picking": 400, "Put on Back Table": 25}, alpha=0.0) == {0: 1.0, 8: 1.0}
 
 
 def test_balanced_stream_evens_out_class_frequencies(prepared):

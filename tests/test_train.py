@@ -47,6 +47,18 @@ def test_train_validate_test_export(tmp_path, shared_data_dir):
     assert (export / "adapter" / "adapter_config.json").exists()
     meta = json.loads((export / "vlmchallenge.json").read_text())
     assert meta["sampler"]["num_frames"] == 4 and meta["prompt"]["class_names"][0] == "Picking"
+    # the evaluator's report is the test stage's output
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert {
+        "confusion_matrix.png",
+        "per_class_f1.png",
+        "timeline.png",
+        "predictions.csv",
+        "report.md",
+        "submission.zip",
+    } <= {p.name for p in (out / "eval").iterdir()}
+    assert report["clip_metrics"]["f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
+    assert metrics["test/openpack_f1_macro"] == report["openpack_official"]["f1_macro"]
 
 
 def test_checkpoint_holds_only_trainable_tensors_and_resume_continues(tmp_path, shared_data_dir):
@@ -161,3 +173,34 @@ def test_export_cli_from_a_checkpoint(tmp_path, shared_data_dir):
     merged = AutoModelForImageTextToText.from_pretrained(out)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"
+
+
+@pytest.mark.parametrize("mode", ["score", "generate"])
+def test_evaluate_an_export_folder(tmp_path, shared_data_dir, mode):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from tests.conftest import CONF_DIR
+    from vlmchallenge.evaluate import evaluate
+
+    _, _, objects = run(tmp_path, shared_data_dir, "ev", "test=false")
+    data_overrides = [o for o in compose_train.__globals__["TINY_TRAIN_OVERRIDES"] if o.startswith("data.")]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                *data_overrides,
+                f"paths.data_dir={shared_data_dir}",
+                f"export_dir={objects['export_dir']}",
+                f"mode={mode}",
+                "loader.num_workers=0",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    report = evaluate(cfg)
+    assert report["mode"] == mode and report["clips"] > 0
+    assert 0.0 <= report["openpack_official"]["f1_macro"] <= 1.0
+    assert (tmp_path / "eval" / "submission.zip").exists()
+    if mode == "generate":
+        assert "map" not in report["clip_metrics"] and report["invalid_generations"] >= 0

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.datamodule import ShardDataModule
+from vlmchallenge.evaluation.report import build_report
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import ModelConfig, OptimConfig
 from vlmchallenge.models.exporter import export_model
@@ -83,9 +84,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    report_dir = None
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best if cfg.get("train") else ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if not trainer.fast_dev_run:  # the evaluator's report for the test stage
+            report_dir = Path(cfg.paths.output_dir) / "eval"
+            report = build_report(module.test_predictions, prompt.class_names, data, report_dir)
+            metrics["test/openpack_f1_macro"] = report["openpack_official"]["f1_macro"]
     export_dir = None
     if cfg.get("export") and not trainer.fast_dev_run:
         export_dir = export_model(
@@ -102,11 +108,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             "run dir": cfg.paths.output_dir,
             "shards": datamodule.out_dir,
             "best ckpt": best,
+            "eval report": report_dir / "report.md" if report_dir else None,
             "export": export_dir,
             "tensorboard": Path(cfg.paths.output_dir) / "tensorboard" if cfg.get("logger") else None,
         }
     )
-    for key in ("val/f1_macro", "val/acc", "test/f1_macro", "test/acc"):
+    for key in ("val/f1_macro", "val/acc", "test/f1_macro", "test/acc", "test/openpack_f1_macro"):
         if key in metrics:
             log.info("%s = %.4f", key, metrics[key])
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "export_dir": export_dir}

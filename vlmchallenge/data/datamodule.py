@@ -33,22 +33,26 @@ def split_by_rank(src: Iterator, rank: int, world_size: int) -> Iterator:
     yield from islice(src, rank, None, world_size)
 
 
-def class_accept_probabilities(class_counts: dict[str, int], alpha: float) -> dict[int, float]:
-    """Keep-probability per class index so the stream's class frequencies go from n_c to ~n_c^(1-alpha):
-    alpha 0 = natural distribution, 1 = balanced. OpenPack is imbalanced (e.g. "Put on Back Table" is ~1 % of
-    the seconds) and the metric is macro-F1, so rare classes matter as much as common ones."""
+def class_repeat_factors(class_counts: dict[str, int], alpha: float) -> dict[int, float]:
+    """Expected repeats per sample of each class so the stream's class frequencies go from n_c to
+    ~n_c^(1-alpha): alpha 0 = natural distribution, 1 = balanced. OpenPack is imbalanced (e.g. "Put on Back
+    Table" is ~1 % of the seconds) and the metric is macro-F1, so rare classes matter as much as common ones.
+    Rare samples are repeated rather than common ones dropped: dropping still pays for reading them."""
     from vlmchallenge.data.classes import NAME_TO_CLASS
 
     present = {NAME_TO_CLASS[name].index: n for name, n in class_counts.items() if n > 0}
-    rarest = min(present.values())
-    return {idx: (rarest / n) ** alpha for idx, n in present.items()}
+    commonest = max(present.values())
+    return {idx: (commonest / n) ** alpha for idx, n in present.items()}
 
 
-def balance_classes(src: Iterator[dict], accept: dict[int, float], seed: int) -> Iterator[dict]:
-    """Rejection-sample a (not yet decoded) sample stream by its `cls` entry."""
+def balance_classes(src: Iterator[dict], repeats: dict[int, float], seed: int) -> Iterator[dict]:
+    """Repeat each (not yet decoded) sample by its class factor, stochastically rounded; the shuffle buffer
+    after this stage spreads the copies out."""
     rng = random.Random(seed * 100_003 + wds.utils.pytorch_worker_seed())
     for sample in src:
-        if rng.random() < accept.get(int(sample["cls"]), 1.0):
+        factor = repeats.get(int(sample["cls"]), 1.0)
+        copies = int(factor) + (rng.random() < factor - int(factor))
+        for _ in range(copies):
             yield sample
 
 
@@ -81,6 +85,7 @@ class ShardDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 500,
         class_balance: float = 0.0,
         seed: int = 0,
+        test_split: str = "test",
         train_collate: Callable | None = None,
         eval_collate: Callable | None = None,
     ):
@@ -91,6 +96,7 @@ class ShardDataModule(pl.LightningDataModule):
         if not 0.0 <= class_balance <= 1.0:
             raise ValueError(f"loader.class_balance: expected a value in [0, 1], got {class_balance}")
         self.class_balance = class_balance
+        self.test_split = test_split  # the evaluator may point the test stage at "val"
         self.train_collate, self.eval_collate = train_collate, eval_collate
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)
@@ -115,7 +121,8 @@ class ShardDataModule(pl.LightningDataModule):
         return max(1, math.ceil(self.num_samples("train") / (self.world_size * self.batch_size)))
 
     def _workers(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": False}
+        # persistent workers keep the resampled stream's epoch counter, so each epoch draws a new sequence
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self):
         urls, total = read_split_index(self.out_dir, "train")
@@ -127,8 +134,8 @@ class ShardDataModule(pl.LightningDataModule):
         ]
         if self.class_balance > 0:
             counts = self.manifest["splits"]["train"]["class_counts"]
-            accept = class_accept_probabilities(counts, self.class_balance)
-            stages.append(partial(balance_classes, accept=accept, seed=self.seed + 7919 * self.rank))
+            repeats = class_repeat_factors(counts, self.class_balance)
+            stages.append(partial(balance_classes, repeats=repeats, seed=self.seed + 7919 * self.rank))
         pipeline = wds.DataPipeline(
             *stages,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
@@ -158,4 +165,4 @@ class ShardDataModule(pl.LightningDataModule):
         return self._eval_loader("val")
 
     def test_dataloader(self):
-        return self._eval_loader("test")
+        return self._eval_loader(self.test_split)

@@ -48,7 +48,9 @@ def check_inputs(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -
     if probs.ndim != 2 or probs.shape[1] != num_classes:
         raise ValueError(f"probabilities must have shape (N, {num_classes}), got {tuple(probs.shape)}")
     if targets.ndim != 1 or len(targets) != len(probs):
-        raise ValueError(f"got {len(targets)} targets for {len(probs)} predictions; expected one target per clip")
+        raise ValueError(
+            f"got {len(targets)} targets for {len(probs)} predictions; expected one target per clip"
+        )
     if len(targets) == 0:
         raise ValueError("no clips to evaluate (empty test set)")
     bad = targets[(targets < 0) | (targets >= num_classes)]

@@ -44,7 +44,9 @@ def resample_predictions_1hz(
         raise ValueError(f"{key}: no predictions for a session with ground truth")
     unknown = sorted(set(predicted_ids.tolist()) - set(ID_TO_CLASS))
     if unknown:
-        raise ValueError(f"{key}: unknown predicted operation id(s) {unknown}; expected ids of OPENPACK_OPERATIONS")
+        raise ValueError(
+            f"{key}: unknown predicted operation id(s) {unknown}; expected ids of OPENPACK_OPERATIONS"
+        )
     order = np.argsort(times_ms, kind="stable")  # "last" = latest in time; ties keep input order
     slots = times_ms[order] - times_ms[order] % 1000
     ids = predicted_ids[order]
@@ -64,7 +66,9 @@ def resample_predictions_1hz(
     return out, filled
 
 
-def per_class_prf(truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]) -> dict[int, tuple[float, float, float, int]]:
+def per_class_prf(
+    truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]
+) -> dict[int, tuple[float, float, float, int]]:
     out = {}
     for c in labels:
         tp = int(np.sum((pred == c) & (truth == c)))
@@ -78,7 +82,10 @@ def per_class_prf(truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]) 
 
 
 def eval_operation_segmentation(
-    truth_ids: np.ndarray, pred_ids: np.ndarray, labels: tuple[int, ...] = OPERATION_IDS, ignore_id: int = NULL_ID
+    truth_ids: np.ndarray,
+    pred_ids: np.ndarray,
+    labels: tuple[int, ...] = OPERATION_IDS,
+    ignore_id: int = NULL_ID,
 ) -> dict:
     """The toolkit's `eval_operation_segmentation(..., ignore_class_id=8100)`: macro and weighted P/R/F1 over
     `labels` after dropping seconds whose ground truth is `ignore_id`."""
@@ -96,13 +103,26 @@ def eval_operation_segmentation(
     support = np.array([per[c][3] for c in labels], dtype=float)
     weights = support / support.sum()
     macro = [float(np.mean([per[c][i] for c in labels])) for i in range(3)]
-    weighted = [float(np.sum([per[c][i] * w for c, w in zip(labels, weights, strict=True)])) for i in range(3)]
+    weighted = [
+        float(np.sum([per[c][i] * w for c, w in zip(labels, weights, strict=True)])) for i in range(3)
+    ]
     return {
-        "f1_macro": macro[2], "precision_macro": macro[0], "recall_macro": macro[1],
-        "f1_weighted": weighted[2], "precision_weighted": weighted[0], "recall_weighted": weighted[1],
+        "f1_macro": macro[2],
+        "precision_macro": macro[0],
+        "recall_macro": macro[1],
+        "f1_weighted": weighted[2],
+        "precision_weighted": weighted[0],
+        "recall_weighted": weighted[1],
         "seconds": int(len(truth)),
-        "per_class": {ID_TO_CLASS[c].name: {"precision": per[c][0], "recall": per[c][1], "f1": per[c][2],
-                                            "support": per[c][3]} for c in labels},
+        "per_class": {
+            ID_TO_CLASS[c].name: {
+                "precision": per[c][0],
+                "recall": per[c][1],
+                "f1": per[c][2],
+                "support": per[c][3],
+            }
+            for c in labels
+        },
     }
 
 
@@ -125,7 +145,9 @@ def make_submission(sessions: list[SessionSeconds]) -> dict:
     }
 
 
-def write_submission(submission: dict, out_dir: str | Path, metadata: dict | None = None) -> tuple[Path, Path]:
+def write_submission(
+    submission: dict, out_dir: str | Path, metadata: dict | None = None
+) -> tuple[Path, Path]:
     """`submission.json` and `submission.zip` (holding `./submission.json`), the challenge format."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

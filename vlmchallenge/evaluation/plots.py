@@ -23,8 +23,15 @@ def confusion_matrix_png(matrix: list[list[int]], names: list[str], path: Path) 
     for i in range(len(names)):
         for j in range(len(names)):
             if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted")
@@ -64,7 +71,9 @@ def timeline_png(sessions: list[SessionSeconds], path: Path) -> None:
         ax.set_title(s.key, fontsize=9, loc="left")
         ax.set_xlabel("seconds", fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in range(len(ids))]
-    fig.legend(handles, [f"{c.id} {c.name}" for c in OPENPACK_OPERATIONS], loc="lower center", ncol=4, fontsize=7)
+    fig.legend(
+        handles, [f"{c.id} {c.name}" for c in OPENPACK_OPERATIONS], loc="lower center", ncol=4, fontsize=7
+    )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

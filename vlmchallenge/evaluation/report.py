@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
-from vlmchallenge.data.classes import NAME_TO_CLASS
+from vlmchallenge.data.classes import NAME_TO_CLASS, NULL_ID
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.openpack_layout import discover_sessions
 from vlmchallenge.evaluation.metrics import SCALAR_KEYS, compute_clip_metrics
@@ -54,13 +54,47 @@ def session_seconds(predictions: list[dict], class_ids: list[int], data: DataCon
                 times.append(t)
                 ids.append(class_ids[p["pred"]])
         grid = np.asarray(gt.unixtime_ms, dtype=np.int64)
-        pred, filled = resample_predictions_1hz(np.asarray(times), np.asarray(ids), grid, key)
+        if times:
+            pred, filled = resample_predictions_1hz(np.asarray(times), np.asarray(ids), grid, key)
+        else:  # every generation invalid: no class to fill with; Null on a non-Null second scores as an error
+            pred, filled = np.full(len(grid), NULL_ID, dtype=np.int64), len(grid)
         sessions.append(SessionSeconds(key, grid, np.asarray(gt.op_ids, dtype=np.int64), pred, filled))
     return sessions
 
 
-def build_report(predictions: list[dict], class_names: list[str], data: DataConfig, out_dir: str | Path,
-                 mode: str = "score", extra: dict | None = None) -> dict:
+def clip_metric_inputs(predictions: list[dict], class_names: list[str], mode: str, null_handling: str):
+    """(probs, targets) for the clip metrics. With Null among the classes (data.clips.keep_null=true),
+    `null_handling=ignore` leaves clips whose truth is Null out (the official score drops Null too);
+    `class` scores Null like any other class."""
+    if null_handling not in ("ignore", "class"):
+        raise ValueError(f"null_handling: expected 'ignore' or 'class', got {null_handling!r}")
+    k = len(class_names)
+    if null_handling == "ignore" and "Null" in class_names:
+        null = class_names.index("Null")
+        predictions = [p for p in predictions if p["target"] != null]
+    if not predictions:
+        raise ValueError(
+            "no clips left to evaluate (empty split, or only Null clips with null_handling=ignore)"
+        )
+    targets = torch.tensor([p["target"] for p in predictions])
+    if mode == "score":
+        return torch.tensor([p["probs"] for p in predictions]), targets
+    probs = torch.zeros(len(predictions), k)  # one-hot answer; an invalid one gets no class: wrong everywhere
+    for i, p in enumerate(predictions):
+        if p["pred"] is not None:
+            probs[i, p["pred"]] = 1.0
+    return probs, targets
+
+
+def build_report(
+    predictions: list[dict],
+    class_names: list[str],
+    data: DataConfig,
+    out_dir: str | Path,
+    mode: str = "score",
+    extra: dict | None = None,
+    null_handling: str = "ignore",
+) -> dict:
     """`predictions`: one dict per clip with `meta`, `target`, `pred` (class index or None for an invalid
     generation) and, in score mode, `probs`."""
     if not predictions:
@@ -69,15 +103,8 @@ def build_report(predictions: list[dict], class_names: list[str], data: DataConf
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
     class_ids = [NAME_TO_CLASS[n].id for n in class_names]
-    targets = torch.tensor([p["target"] for p in predictions])
     invalid = sum(p["pred"] is None for p in predictions)
-    if mode == "score":
-        probs = torch.tensor([p["probs"] for p in predictions])
-    else:  # one-hot of the parsed answer; an invalid answer gets no class (all zeros: wrong for every metric)
-        probs = torch.zeros(len(predictions), k)
-        for i, p in enumerate(predictions):
-            if p["pred"] is not None:
-                probs[i, p["pred"]] = 1.0
+    probs, targets = clip_metric_inputs(predictions, class_names, mode, null_handling)
     clip = compute_clip_metrics(probs, targets, k)
     if mode != "score":
         clip.pop("map")  # needs scores, not a single answer
@@ -87,32 +114,65 @@ def build_report(predictions: list[dict], class_names: list[str], data: DataConf
 
     with open(out_dir / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["key", "user", "session", "start_ms", "end_ms", "target_id", "target", "pred_id", "pred",
-                    *(["p_" + n for n in class_names] if mode == "score" else ["generated"])])
+        w.writerow(
+            [
+                "key",
+                "user",
+                "session",
+                "start_ms",
+                "end_ms",
+                "target_id",
+                "target",
+                "pred_id",
+                "pred",
+                *(["p_" + n for n in class_names] if mode == "score" else ["generated"]),
+            ]
+        )
         for p in predictions:
             m = p["meta"]
             pred = p["pred"]
-            w.writerow([m.get("key", ""), m["user"], m["session"], m["start_ms"], m["end_ms"], class_ids[p["target"]],
-                        class_names[p["target"]], "" if pred is None else class_ids[pred],
-                        "" if pred is None else class_names[pred],
-                        *([f"{x:.6f}" for x in p["probs"]] if mode == "score" else [p.get("text", "")])])
+            w.writerow(
+                [
+                    m.get("key", ""),
+                    m["user"],
+                    m["session"],
+                    m["start_ms"],
+                    m["end_ms"],
+                    class_ids[p["target"]],
+                    class_names[p["target"]],
+                    "" if pred is None else class_ids[pred],
+                    "" if pred is None else class_names[pred],
+                    *([f"{x:.6f}" for x in p["probs"]] if mode == "score" else [p.get("text", "")]),
+                ]
+            )
     confusion_matrix_png(clip["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
     per_class_f1_png(clip["f1_per_class"], class_names, out_dir / "per_class_f1.png", clip["f1_macro"])
     timeline_png(sessions, out_dir / "timeline.png")
 
     report = {
         "mode": mode,
+        "null_handling": null_handling,
         "clips": len(predictions),
         "invalid_generations": invalid,
         "clip_metrics": {key: clip[key] for key in SCALAR_KEYS if key in clip},
-        "per_class": {n: {"precision": clip["precision_per_class"][i], "recall": clip["recall_per_class"][i],
-                          "f1": clip["f1_per_class"][i], "support": int((targets == i).sum())}
-                      for i, n in enumerate(class_names)},
+        "per_class": {
+            n: {
+                "precision": clip["precision_per_class"][i],
+                "recall": clip["recall_per_class"][i],
+                "f1": clip["f1_per_class"][i],
+                "support": int((targets == i).sum()),
+            }
+            for i, n in enumerate(class_names)
+        },
         "confusion_matrix": clip["confusion_matrix"],
-        "openpack_official": {"f1_macro": official["all"]["f1_macro"], "f1_weighted": official["all"]["f1_weighted"],
-                              "seconds": official["all"]["seconds"], "filled_seconds": official["all"]["filled_seconds"],
-                              "per_session": {s: official[s]["f1_macro"] for s in official if s != "all"},
-                              "per_class": official["all"]["per_class"]},
+        "openpack_official": {
+            "f1_macro": official["all"]["f1_macro"],
+            "f1_weighted": official["all"]["f1_weighted"],
+            "seconds": official["all"]["seconds"],
+            "filled_seconds": official["all"]["filled_seconds"],
+            "per_session": {s: official[s]["f1_macro"] for s in official if s != "all"},
+            "per_class": official["all"]["per_class"],
+        },
         **(extra or {}),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -126,7 +186,8 @@ def render_markdown(r: dict) -> str:
         "# Evaluation report",
         "",
         f"Mode: `{r['mode']}`; {r['clips']} clips"
-        + (f"; {r['invalid_generations']} invalid generations" if r["mode"] != "score" else "") + ".",
+        + (f"; {r['invalid_generations']} invalid generations" if r["mode"] != "score" else "")
+        + ".",
         "",
         "## OpenPack official score (1-second macro-F1 over the 10 operations, Null seconds dropped)",
         "",
@@ -145,8 +206,10 @@ def render_markdown(r: dict) -> str:
         "",
         "| class | precision | recall | F1 | clips |",
         "|---|---:|---:|---:|---:|",
-        *(f"| {n} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-          for n, v in r["per_class"].items()),
+        *(
+            f"| {n} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+            for n, v in r["per_class"].items()
+        ),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "![per-class F1](per_class_f1.png)",

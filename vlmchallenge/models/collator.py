@@ -72,6 +72,7 @@ class TrainCollator(_Base):
                 )
             labels[row, start:end] = answer
         batch["labels"] = labels
+        del batch["meta"]  # not needed to train; Lightning would walk it on every device transfer
         return batch
 
 

@@ -122,3 +122,12 @@ class LabelScorer:
                 p = enc["input_ids"].shape[1]
                 out[row, c] = logits[0, p - 1 : p - 1 + answer.shape[1]].gather(-1, answer[0, :, None]).sum()
         return out
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, batch: dict, prompt: PromptBuilder, max_new_tokens: int) -> list[str]:
+    """Greedy generation from left-padded prompts (the deployed behaviour, for comparison with scoring)."""
+    inputs = {key: batch[key] for key in PROMPT_KEYS if key in batch}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[:, inputs["input_ids"].shape[1] :]
+    return tokenizer.batch_decode(new, skip_special_tokens=False)

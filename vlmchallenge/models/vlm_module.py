@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
 from vlmchallenge.models.collator import vision_tokens
 from vlmchallenge.models.config import ModelConfig, OptimConfig
-from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer
+from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_answers
 from vlmchallenge.models.loader import load_base_model
 from vlmchallenge.models.prompt import PromptBuilder
 
@@ -54,6 +54,8 @@ class VLMClassifier(pl.LightningModule):
         self.test_metrics = eval_metrics(k, "test/")
         self.strict_loading = False  # checkpoints hold only the trainable tensors (adapter + saved modules)
         self.test_predictions: list[dict] = []
+        self.tokenizer = tokenizer
+        self.eval_mode = "score"  # score | generate (test stage only; validation always scores)
 
     # ------------------------------------------------------------------ model
 
@@ -106,16 +108,29 @@ class VLMClassifier(pl.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        targets = batch["class_index"].tolist()
+        if self.eval_mode == "generate":
+            steps = int(self.scorer.lengths.max()) + 2
+            texts = generate_answers(self.model, self.tokenizer, batch, self.prompt, steps)
+            for meta, text, y in zip(batch["meta"], texts, targets, strict=True):
+                answer = text.split(self.prompt.answer_suffix)[0]
+                self.test_predictions.append(
+                    {"meta": meta, "target": y, "pred": self.prompt.parse(answer), "text": answer}
+                )
+            return
         scores = self._evaluate(batch, self.test_metrics, "test")
         probs = scores.softmax(1).cpu()
-        for meta, p, y in zip(batch["meta"], probs, batch["class_index"].tolist(), strict=True):
-            self.test_predictions.append({"meta": meta, "target": y, "probs": p.tolist()})
+        for meta, p, y in zip(batch["meta"], probs, targets, strict=True):
+            self.test_predictions.append(
+                {"meta": meta, "target": y, "probs": p.tolist(), "pred": int(p.argmax())}
+            )
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        if self.eval_mode == "score":
+            self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     # ------------------------------------------------------------------ optimisation
