@@ -30,6 +30,7 @@ test: install ## Run the test suite (fast: synthetic data, a few seconds per tes
 bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/prepare.py $(ARGS)
 	$(BIN)/python bench/train_step.py $(ARGS)
+	$(BIN)/python bench/scoring.py $(ARGS)
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check vlmchallenge tests bench
