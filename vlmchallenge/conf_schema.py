@@ -25,12 +25,26 @@ class LoaderConfig:
     )
 
 
+@dataclass
+class VRAMConfig:
+    """The VRAM planner (callback) and `python -m vlmchallenge.vram`."""
+
+    enabled: bool = True
+    budget_gib: float | None = None  # null: the GPU's free memory (no GPU and null: no planning)
+    global_batch_size: int | None = None  # null: loader.batch_size x world size
+    margin: float = 0.10
+    text_tokens: int = 120  # offline planning only: prompt + answer tokens (a real run reads its batches)
+    source_frame_size: list[int] | None = None  # offline planning: [w, h]; null = synthetic size or 1280x720
+    chart: str | None = None  # offline planning: write a stacked-bar PNG of the breakdown here
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="loader", name="base_loader", node=LoaderConfig)
+    cs.store(group="vram", name="base_vram", node=VRAMConfig)
 
 
 register_configs()

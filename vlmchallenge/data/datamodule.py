@@ -120,6 +120,16 @@ class ShardDataModule(pl.LightningDataModule):
     def train_batches_per_rank(self) -> int:
         return max(1, math.ceil(self.num_samples("train") / (self.world_size * self.batch_size)))
 
+    def peek_train_batch(self, n: int | None = None) -> dict:
+        """The first `n` training samples (default: a micro-batch) collated in-process, e.g. to read the real
+        sequence length before planning memory."""
+        urls, _ = read_split_index(self.out_dir, "train")
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(urls[:1]), wds.tarfile_to_samples(), wds.decode("rgb8"), wds.map(to_example)
+        )
+        examples = list(islice(iter(pipeline), n or self.batch_size))
+        return self.train_collate(examples)
+
     def _workers(self) -> dict:
         # persistent workers keep the resampled stream's epoch counter, so each epoch draws a new sequence
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}

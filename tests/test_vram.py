@@ -1,0 +1,157 @@
+"""VRAM math: exact parameter counts, LoRA counts equal to PEFT's, the planner, the callback and the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import compose_train
+from vlmchallenge.models.config import LM_LINEARS, LoraSettings, ModelConfig
+from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
+from vlmchallenge.training.architectures import model_config_for, shipped_config
+from vlmchallenge.training.vram_math import (
+    GIB,
+    DoesNotFitError,
+    Setup,
+    architecture_from_config,
+    estimate,
+    lora_trainable_params,
+    plan,
+    vision_tokens_per_clip,
+)
+
+# docs/vram.md §2.3 and §2.4 (all-linear LoRA on the LLM)
+PRESETS = {
+    "Qwen/Qwen2-VL-2B-Instruct": (2_208_985_600, 665_271_296, 9_232_384),
+    "Qwen/Qwen2-VL-7B-Instruct": (8_291_375_616, 675_759_104, 20_185_088),
+    "Qwen/Qwen2.5-VL-3B-Instruct": (3_754_622_976, 668_684_288, 14_966_784),
+    "Qwen/Qwen2.5-VL-7B-Instruct": (8_292_166_656, 676_550_144, 20_185_088),
+}
+
+
+@pytest.mark.parametrize("hub_id", sorted(PRESETS))
+def test_exact_parameter_counts_of_the_presets(hub_id):
+    total, vision, lora_r8 = PRESETS[hub_id]
+    arch = architecture_from_config(shipped_config(hub_id))
+    assert (arch.total, arch.vision) == (total, vision)
+    assert lora_trainable_params(arch, LM_LINEARS, 8, []) == lora_r8
+
+
+@pytest.mark.parametrize("modules_to_save", [[], ["lm_head"], ["merger", "lm_head", "embed_tokens"]])
+def test_lora_counts_equal_what_peft_reports(shared_data_dir, modules_to_save):
+    from vlmchallenge.models.adapters import apply_adapters
+    from vlmchallenge.models.loader import load_base_model, resolve_pretrained
+
+    cfg = ModelConfig(
+        tiny=TinyModelSpec(),
+        cache_dir=str(shared_data_dir / "models"),
+        lora=LoraSettings(r=8, modules_to_save=modules_to_save),
+    )
+    model = apply_adapters(load_base_model(cfg, resolve_pretrained(cfg)), cfg)
+    trainable, _ = model.get_nb_trainable_parameters()
+    arch = architecture_from_config(model_config_for(cfg))
+    assert lora_trainable_params(arch, LM_LINEARS, 8, modules_to_save) == trainable
+
+
+def arch7b():
+    return architecture_from_config(shipped_config("Qwen/Qwen2-VL-7B-Instruct"))
+
+
+def test_terms_sum_and_respond_to_the_knobs():
+    arch = arch7b()
+    base = Setup(method="lora", seq_len=2048, vision_tokens=1024)
+    t = estimate(arch, base)
+    assert set(t) == {
+        "weights",
+        "trainable_state",
+        "activations",
+        "logits_loss",
+        "vision",
+        "cuda_context",
+        "allocator_reserve",
+    }
+    assert t["weights"] == 2 * arch.total
+    q = estimate(arch, Setup(**{**base.__dict__, "method": "qlora"}))
+    assert q["weights"] < t["weights"]
+    no_gc = estimate(arch, Setup(**{**base.__dict__, "gradient_checkpointing": False}))
+    assert no_gc["activations"] > 5 * t["activations"]
+    eight_bit = estimate(arch, Setup(**{**base.__dict__, "optimizer": "paged_adamw_8bit"}))
+    assert eight_bit["trainable_state"] < t["trainable_state"]
+    # logits dominate the per-token cost of a 150k vocabulary (vram.md §2.5): ~1.8 MB/token at c=12
+    assert t["logits_loss"] / (2048 * 1024**2) == pytest.approx(1.74, rel=0.02)
+
+
+def test_plan_grows_with_the_budget_and_accumulation_is_exact():
+    arch, setup = arch7b(), Setup(method="qlora", seq_len=1024, vision_tokens=512)
+    micro = [plan(arch, setup, int(gib * GIB), 32, 2).micro_batch for gib in (16, 24, 40, 80)]
+    assert micro == sorted(micro) and micro[0] < micro[-1]
+    for gib in (16, 24, 40, 80):
+        p = plan(arch, setup, int(gib * GIB), 32, 2)
+        assert p.micro_batch * p.accumulate * p.world_size == 32
+        assert p.predicted_bytes <= 0.9 * gib * GIB
+    with pytest.raises(ValueError, match="not divisible by world size"):
+        plan(arch, setup, 80 * GIB, 30, 4)
+
+
+def test_error_lists_largest_terms_and_remedies():
+    with pytest.raises(
+        DoesNotFitError, match=r"micro-batch 1 needs .* GiB.*Largest terms: activations.*QLoRA.*checkpointing"
+    ):
+        plan(arch7b(), Setup(method="lora", gradient_checkpointing=False, seq_len=4096), 12 * GIB, 8)
+
+
+def test_vision_tokens_follow_qwen_geometry():
+    assert vision_tokens_per_clip(8, 308, 140) == 4 * 5 * 11
+    assert vision_tokens_per_clip(7, 224, 224) == 4 * 8 * 8  # odd counts repeat the last frame
+
+
+@pytest.fixture
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def test_callback_sets_micro_batch_and_accumulation_before_loaders(tmp_path, shared_data_dir, _clear_hydra):
+    from vlmchallenge.train import train
+
+    cfg = compose_train(
+        tmp_path / "train" / "runs" / "v",
+        shared_data_dir,
+        [
+            "vram.budget_gib=1",
+            "vram.global_batch_size=8",
+            "test=false",
+            "export=false",
+            "trainer.limit_train_batches=2",
+        ],
+        log_dir=tmp_path,
+    )
+    _, objects = train(cfg)
+    planner = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "VRAMPlanner")
+    assert planner.plan.micro_batch * planner.plan.accumulate == 8
+    assert objects["datamodule"].batch_size == planner.plan.micro_batch
+    assert objects["trainer"].accumulate_grad_batches == planner.plan.accumulate
+
+
+def test_cli_prints_a_plan_without_downloading(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmchallenge.vram",
+            "+experiment=qwen2vl_7b_qlora",
+            "vram.budget_gib=24",
+            f"vram.chart={tmp_path}/vram.png",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plan: micro-batch" in proc.stdout and "global batch 16" in proc.stdout
+    assert (tmp_path / "vram.png").stat().st_size > 0

@@ -1,0 +1,236 @@
+"""Predict peak GPU memory of a fine-tuning step, term by term, and plan micro-batch and accumulation.
+
+Pure functions; no GPU. Formulas and sources: docs/vram.md (shared reference) §1; the per-token form of §1.7:
+
+    peak ≈ weights + trainable state + activations(b, s) + logits(b, s) + vision(b) + CUDA context + reserve
+
+Parameter counts come from instantiating the architecture on the meta device (exact, no weights). Constants
+marked CALIBRATE are from the literature and still need a GPU measurement (bench/vram_validate.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+GIB = 1024**3
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+NF4_DQ_BYTES = 4.127 / 8  # 4-bit codes + 8-bit absmax per 64 + fp32 constant per 256 blocks (QLoRA §3)
+ADAM_STATE_BYTES = {"adamw": 8.0, "adamw_8bit": 2 * (1 + 4 / 256), "paged_adamw_8bit": 2 * (1 + 4 / 256)}
+LOGIT_BYTES = 12  # CALIBRATE: bf16 logits + fp32 upcast + saved log-softmax + fp32 grad (vram.md §1.4: 10-14)
+CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CALIBRATE: 0.3-0.8 GiB with lazy module loading (vram.md §1.6)
+ALLOCATOR_RESERVE = 0.08  # CALIBRATE: reserved/allocated - 1 (vram.md §1.6: 1.05-1.15)
+VISION_BLOCK_FACTOR = 12  # CALIBRATE: frozen-ViT working set per patch, in units of the ViT width
+
+
+@dataclass
+class Architecture:
+    """What the formulas need, read off a model instantiated on the meta device."""
+
+    total: int
+    vision: int  # vision tower incl. merger
+    embed: int
+    lm_head: int  # 0 when tied to the embeddings
+    llm_linear: int  # weights of nn.Linear layers in the language model (quantized by QLoRA)
+    hidden: int
+    layers: int
+    heads: int
+    kv_dim: int  # num_key_value_heads * head_dim
+    intermediate: int
+    vocab: int
+    vision_width: int
+    linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (in, out)
+    module_params: dict[str, int] = field(default_factory=dict)  # every module name -> its parameter count
+
+
+def architecture_from_config(config) -> Architecture:
+    """Exact counts from `AutoModelForImageTextToText.from_config(config)` built on the meta device."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    params = dict(model.named_parameters())  # tied weights appear once
+    total = sum(p.numel() for p in params.values())
+    vision = sum(p.numel() for n, p in params.items() if ".visual." in f".{n}")
+    embed = sum(p.numel() for n, p in params.items() if "embed_tokens" in n)
+    lm_head = sum(p.numel() for n, p in params.items() if n.startswith("lm_head"))
+    linears, llm_linear = {}, 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            linears[name] = (module.in_features, module.out_features)
+            if "language_model" in name:
+                llm_linear += module.weight.numel()
+    module_params = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_modules() if n}
+    text = config.get_text_config()
+    vis = config.vision_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return Architecture(
+        total=total,
+        vision=vision,
+        embed=embed,
+        lm_head=lm_head,
+        llm_linear=llm_linear,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        heads=text.num_attention_heads,
+        kv_dim=text.num_key_value_heads * head_dim,
+        intermediate=text.intermediate_size,
+        vocab=text.vocab_size,
+        vision_width=getattr(vis, "embed_dim", None) or vis.hidden_size,
+        linears=linears,
+        module_params=module_params,
+    )
+
+
+def lora_trainable_params(arch: Architecture, target_regex: str, r: int, modules_to_save: list[str]) -> int:
+    """r * (in + out) per adapted Linear (PEFT matches `target_modules` as a full-match regex), plus the
+    trainable copies of `modules_to_save` (matched as name suffixes, like PEFT)."""
+    pattern = re.compile(target_regex)
+    lora = sum(r * (i + o) for name, (i, o) in arch.linears.items() if pattern.fullmatch(name))
+    saved = 0
+    for name, count in arch.module_params.items():
+        if any(name == m or name.endswith("." + m) for m in modules_to_save):
+            saved += count
+    return lora + saved
+
+
+@dataclass
+class Setup:
+    method: str = "lora"  # full | lora | qlora
+    dtype: str = "bfloat16"
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    target_regex: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    modules_to_save: list[str] = field(default_factory=list)
+    optimizer: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit
+    gradient_checkpointing: bool = True
+    attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    micro_batch: int = 1
+    seq_len: int = 512  # text + vision tokens as the LLM sees them
+    vision_tokens: int = 256  # LLM-side vision tokens per sample (4x as many ViT patches)
+    cuda: bool = True
+
+
+def estimate(arch: Architecture, s: Setup) -> dict[str, int]:
+    """Peak memory terms in bytes; they sum to the prediction (`sum(estimate(...).values())`)."""
+    if s.method not in ("full", "lora", "qlora"):
+        raise ValueError(f"method: expected full, lora or qlora, got {s.method!r}")
+    if s.optimizer not in ADAM_STATE_BYTES:
+        raise ValueError(f"optimizer: expected one of {sorted(ADAM_STATE_BYTES)}, got {s.optimizer!r}")
+    w = DTYPE_BYTES[s.dtype]
+    b, seq, h, n_layers = s.micro_batch, s.seq_len, arch.hidden, arch.layers
+    terms: dict[str, int] = {}
+
+    # weights: QLoRA quantizes the LM's Linear layers; prepare_model_for_kbit_training then upcasts every
+    # other (non-4-bit) parameter to fp32 (peft utils/other.py), which is what our training path runs.
+    if s.method == "qlora":
+        rest = arch.total - arch.llm_linear
+        terms["weights"] = int(NF4_DQ_BYTES * arch.llm_linear + 4 * rest)
+    else:
+        terms["weights"] = w * arch.total
+
+    # trainable parameters: their own weights (for adapters), gradients and optimizer states
+    if s.method == "full":
+        trainable = arch.total
+        state = trainable * (w + (ADAM_STATE_BYTES[s.optimizer] if s.optimizer != "adamw" else 2 * w))
+    else:
+        trainable = lora_trainable_params(arch, s.target_regex, s.lora_r, s.modules_to_save)
+        state = trainable * (4 + 4 + ADAM_STATE_BYTES[s.optimizer])  # PEFT keeps adapters in fp32
+    terms["trainable_state"] = int(state)
+
+    # decoder activations per token per layer (vram.md §1.3), in units of 2-byte activations
+    scale = w / 2
+    per_layer = 16 * h + 4 * arch.kv_dim + 8 * arch.intermediate
+    if s.method != "full" and s.lora_dropout > 0:
+        per_layer += 18 * h + 3 * arch.intermediate  # each adapted Linear saves its dropout output + mask
+    eager = 6 * arch.heads * seq * seq if s.attn_implementation == "eager" else 0
+    if s.gradient_checkpointing:
+        act = b * seq * (2 * h * n_layers + per_layer + 6 * h) * scale + b * eager
+    else:
+        act = (b * seq * n_layers * per_layer + b * seq * 6 * h) * scale + b * n_layers * eager
+    terms["activations"] = int(act)
+
+    terms["logits_loss"] = int(b * seq * arch.vocab * LOGIT_BYTES)
+
+    # frozen vision tower: transient working set of one block + the merged features handed to the LM
+    patches = 4 * s.vision_tokens * b
+    terms["vision"] = int(
+        patches * arch.vision_width * VISION_BLOCK_FACTOR * scale + s.vision_tokens * b * h * w
+    )
+
+    allocated = sum(terms.values())
+    terms["cuda_context"] = CUDA_CONTEXT_BYTES if s.cuda else 0
+    terms["allocator_reserve"] = int(ALLOCATOR_RESERVE * allocated)
+    return terms
+
+
+@dataclass
+class Plan:
+    micro_batch: int
+    accumulate: int
+    world_size: int
+    global_batch: int
+    predicted_bytes: int
+    budget_bytes: int
+    terms: dict[str, int]
+
+
+class DoesNotFitError(ValueError):
+    pass
+
+
+def plan(
+    arch: Architecture,
+    setup: Setup,
+    budget_bytes: int,
+    global_batch: int,
+    world_size: int = 1,
+    margin: float = 0.10,
+) -> Plan:
+    """Largest micro-batch that fits `budget * (1 - margin)` and divides the per-rank batch exactly."""
+    if global_batch < 1 or world_size < 1:
+        raise ValueError("global batch size and world size must be >= 1")
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+    per_rank = global_batch // world_size
+    usable = budget_bytes * (1 - margin)
+
+    def predict(b: int) -> dict[str, int]:
+        return estimate(arch, Setup(**{**setup.__dict__, "micro_batch": b}))
+
+    one = predict(1)
+    if sum(one.values()) > usable:
+        raise DoesNotFitError(explain_overflow(one, usable, setup))
+    best = 1
+    for b in range(2, per_rank + 1):
+        if per_rank % b == 0 and sum(predict(b).values()) <= usable:
+            best = b
+        elif sum(predict(b).values()) > usable:
+            break
+    terms = predict(best)
+    return Plan(best, per_rank // best, world_size, global_batch, sum(terms.values()), budget_bytes, terms)
+
+
+def explain_overflow(terms: dict[str, int], usable: float, setup: Setup) -> str:
+    top = sorted(terms.items(), key=lambda kv: -kv[1])[:3]
+    tips = []
+    if setup.method != "qlora":
+        tips.append("QLoRA (model.quantization.enabled=true)")
+    if not setup.gradient_checkpointing:
+        tips.append("gradient checkpointing (model.gradient_checkpointing=true)")
+    tips += ["fewer frames or pixels (data.sampler.num_frames / data.sampler.max_pixels)", "a shorter prompt"]
+    if setup.optimizer == "adamw":
+        tips.append("8-bit AdamW (optim.name=paged_adamw_8bit)")
+    largest = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in top)
+    return (
+        f"even micro-batch 1 needs {sum(terms.values()) / GIB:.2f} GiB, over the usable {usable / GIB:.2f} GiB. "
+        f"Largest terms: {largest}. What would help: {'; '.join(tips)}."
+    )
+
+
+def vision_tokens_per_clip(num_frames: int, width: int, height: int) -> int:
+    """Qwen2-VL: frames merge in temporal pairs (odd counts repeat the last frame), 28x28 px per token."""
+    return math.ceil(num_frames / 2) * (height // 28) * (width // 28)

@@ -1,0 +1,43 @@
+"""Human-readable VRAM breakdowns (a text table) and an optional stacked-bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmchallenge.training.vram_math import GIB, Plan
+
+
+def plan_table(p: Plan) -> str:
+    width = max(len(k) for k in p.terms) + 2
+    lines = [f"{'term':<{width}}{'GiB':>9}"]
+    lines += [f"{k:<{width}}{v / GIB:>9.3f}" for k, v in p.terms.items()]
+    lines.append(
+        f"{'total':<{width}}{p.predicted_bytes / GIB:>9.3f}  of budget {p.budget_bytes / GIB:.2f} GiB"
+    )
+    lines.append(
+        f"micro-batch {p.micro_batch} x accumulation {p.accumulate} x world {p.world_size} "
+        f"= global batch {p.global_batch}"
+    )
+    return "\n".join(lines)
+
+
+def breakdown_png(terms_by_label: dict[str, dict[str, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(terms_by_label)
+    names = list(next(iter(terms_by_label.values())))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(labels), 5))
+    bottom = [0.0] * len(labels)
+    for name in names:
+        values = [terms_by_label[lb][name] / GIB for lb in labels]
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("GiB")
+    ax.set_title("Predicted peak memory by term")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
