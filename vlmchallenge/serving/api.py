@@ -1,0 +1,232 @@
+"""LitServe APIs over `VLMInference`: `POST /predict` (one clip, or many per request; dynamically batched across
+concurrent requests) and an OpenAI-compatible `POST /v1/chat/completions` (the `image_url` parts of the user
+message are the frames of one clip; the answer is the class name).
+
+Bad input is a 4xx with a message, never a 5xx: request shape and types are checked by FastAPI from the
+pydantic models; base64, image/video bytes, frame counts and sizes are checked in `decode_request`.
+"""
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+
+import litserve as ls
+from fastapi import Header, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlmchallenge.serving.inference import BadInput, VLMInference, decode_image, decode_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeLimits:
+    max_frames_per_clip: int = 64
+    max_clips_per_request: int = 16
+    max_video_frames_read: int = 600
+    max_frame_pixels: int = 1920 * 1080
+
+
+class ClipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    frames: list[str] | None = Field(
+        None, description="base64 JPEG/PNG frames (or data: URLs), in time order"
+    )
+    video: str | None = Field(None, description="a base64 video file (mp4, mkv, ...)")
+
+
+class PredictRequest(ClipIn):
+    clips: list[ClipIn] | None = Field(None, description="several clips in one request")
+    top_k: int | None = Field(None, ge=1, description="return only the k most probable classes")
+
+
+class ClassResult(BaseModel):
+    label: str
+    id: int
+    probabilities: dict[str, float]
+    latency_ms: float
+
+
+class PredictResponse(BaseModel):
+    prediction: ClassResult | None = None
+    predictions: list[ClassResult] | None = None
+
+
+def b64bytes(text: str, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise BadInput(f"{what}: expected a base64 string")
+    if text.startswith("data:"):
+        text = text.split(",", 1)[-1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{what}: invalid base64") from None
+
+
+class _Common:
+    """Auth and clip decoding shared by both APIs."""
+
+    engine: VLMInference
+    limits: ServeLimits
+    api_key: str | None
+
+    def _load(self, export_dir: str, device: str) -> None:
+        self.engine = VLMInference(export_dir, device=None if device == "auto" else device)
+
+    def authorize(
+        self, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
+    ) -> None:
+        """`X-API-Key: <key>` or `Authorization: Bearer <key>` (what the OpenAI client sends)."""
+        if not self.api_key:
+            return
+        bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
+        if self.api_key not in (x_api_key, bearer):
+            raise HTTPException(401, "missing or wrong API key: send X-API-Key or Authorization: Bearer")
+
+    def _clip(self, frames: list[str] | None, video: str | None, where: str):
+        if (frames is None) == (video is None):
+            raise BadInput(f"{where}: give exactly one of 'frames' (base64 images) and 'video' (base64 file)")
+        if frames is not None:
+            if not frames:
+                raise BadInput(f"{where}: 'frames' is empty; a clip needs at least one frame")
+            if len(frames) > self.limits.max_frames_per_clip:
+                raise BadInput(
+                    f"{where}: {len(frames)} frames; at most {self.limits.max_frames_per_clip} per clip"
+                )
+            images = [
+                decode_image(b64bytes(f, f"{where}.frames[{i}]"), f"{where}.frames[{i}]")
+                for i, f in enumerate(frames)
+            ]
+        else:
+            images = decode_video(b64bytes(video, f"{where}.video"), self.limits.max_video_frames_read)
+        for i, im in enumerate(images):
+            if im.width * im.height > self.limits.max_frame_pixels:
+                raise BadInput(
+                    f"{where}: frame {i} is {im.width}x{im.height}; at most "
+                    f"{self.limits.max_frame_pixels} pixels per frame"
+                )
+        return self.engine.prepare(images)
+
+
+def client_error(e: BadInput) -> HTTPException:
+    return HTTPException(status_code=422, detail=str(e))
+
+
+class ClipClassifierAPI(_Common, ls.LitAPI):
+    def __init__(
+        self,
+        export_dir: str,
+        device: str = "auto",
+        limits: ServeLimits | None = None,
+        api_key: str | None = None,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+    ):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
+        self.export_dir, self.device_name = export_dir, device
+        self.limits, self.api_key = limits or ServeLimits(), api_key
+
+    def setup(self, device) -> None:
+        self._load(self.export_dir, self.device_name if self.device_name != "auto" else device)
+
+    def decode_request(self, request: PredictRequest) -> dict:  # the annotation is the request schema
+        try:
+            if request.clips is not None:
+                if request.frames is not None or request.video is not None:
+                    raise BadInput("give either one clip ('frames' or 'video') or 'clips', not both")
+                if not request.clips:
+                    raise BadInput("'clips' is empty")
+                if len(request.clips) > self.limits.max_clips_per_request:
+                    raise BadInput(
+                        f"{len(request.clips)} clips; at most {self.limits.max_clips_per_request} per request"
+                    )
+                clips = [self._clip(c.frames, c.video, f"clips[{i}]") for i, c in enumerate(request.clips)]
+                return {"clips": clips, "multi": True, "top_k": request.top_k}
+            return {
+                "clips": [self._clip(request.frames, request.video, "request")],
+                "multi": False,
+                "top_k": request.top_k,
+            }
+        except BadInput as e:
+            raise client_error(e) from None
+
+    def batch(self, inputs: list[dict]) -> dict:
+        return {"clips": [c for x in inputs for c in x["clips"]], "requests": inputs}
+
+    def unbatch(self, output: dict) -> list[dict]:
+        results, out = output["results"], []
+        for request in output["requests"]:
+            n = len(request["clips"])
+            out.append({**request, "results": results[:n]})
+            results = results[n:]
+        return out
+
+    def predict(self, x: dict) -> dict:
+        results = self.engine.predict_batch(x["clips"])
+        if "requests" in x:  # a dynamic batch of several requests
+            return {"results": results, "requests": x["requests"]}
+        return {**x, "results": results}
+
+    def encode_response(self, output: dict) -> PredictResponse:
+        results = output["results"]
+        if output.get("top_k"):
+            for r in results:
+                top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: output["top_k"]]
+                r["probabilities"] = dict(top)
+        if output["multi"]:
+            return PredictResponse(predictions=[ClassResult(**r) for r in results])
+        return PredictResponse(prediction=ClassResult(**results[0]))
+
+
+class ChatClassifierAPI(_Common, ls.LitAPI):
+    """OpenAI chat completions: image_url parts of the last user message are one clip; the reply is the class."""
+
+    def __init__(
+        self,
+        export_dir: str,
+        device: str = "auto",
+        limits: ServeLimits | None = None,
+        api_key: str | None = None,
+    ):
+        super().__init__(spec=ls.OpenAISpec())
+        self.export_dir, self.device_name = export_dir, device
+        self.limits, self.api_key = limits or ServeLimits(), api_key
+
+    def setup(self, device) -> None:
+        self._load(self.export_dir, self.device_name if self.device_name != "auto" else device)
+
+    async def authorize(
+        self, request: Request, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
+    ) -> None:
+        """API key, then the request checks LitServe's OpenAI spec lacks: it queues one job per `n`, so `n=0`
+        answered 500 and a huge `n` flooded the queue (found by schemathesis)."""
+        _Common.authorize(self, x_api_key, authorization)
+        try:
+            body = await request.json()
+        except Exception:
+            return  # not JSON: FastAPI's own validation answers 422
+        n = body.get("n", 1) if isinstance(body, dict) else 1
+        if isinstance(n, bool) or not (isinstance(n, int) and 1 <= n <= self.limits.max_clips_per_request):
+            raise HTTPException(
+                422, f"n: expected an integer in 1..{self.limits.max_clips_per_request} (answers)"
+            )
+
+    def predict(self, request, context=None):
+        try:
+            users = [m for m in request.messages if m.role == "user"]
+            if not users or isinstance(users[-1].content, str) or not users[-1].content:
+                raise BadInput("the last user message must contain image_url parts (the frames of one clip)")
+            urls = []
+            for part in users[-1].content:
+                if getattr(part, "type", None) == "image_url":
+                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+                    urls.append(url)
+            if not urls:
+                raise BadInput(
+                    "the last user message has no image_url parts; send the clip's frames as images"
+                )
+            result = self.engine.predict_batch([self._clip(urls, None, "messages[-1]")])[0]
+        except BadInput as e:
+            raise client_error(e) from None
+        yield result["label"]
