@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 
+from benchdoc import update_section  # noqa: E402
 from train_step import compose_default  # noqa: E402
 
 from vlmchallenge.train import build_components  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:scoring -->", "<!-- /bench:scoring -->"
 TARGET_SPEEDUP, TARGET_DIFF = 5.0, 1e-4
 
 
@@ -102,15 +101,7 @@ def main() -> None:
     )
     print(section)
     if a.write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{section}\n{END}"
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        DOC.write_text(text)
-        print(f"updated {DOC}")
+        update_section("scoring", section)
 
 
 if __name__ == "__main__":

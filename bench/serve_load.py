@@ -26,8 +26,9 @@ from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:serve_load -->", "<!-- /bench:serve_load -->"
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchdoc import update_section  # noqa: E402
 
 
 def free_port() -> int:
@@ -154,14 +155,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if a.write:
-        text = DOC.read_text()
-        block = f"{BEGIN}\n{section}\n{END}"
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        DOC.write_text(text)
+        update_section("serve_load", section)
 
 
 if __name__ == "__main__":

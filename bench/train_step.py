@@ -25,15 +25,15 @@ import pytorch_lightning as pl
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
+from benchdoc import update_section  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 from vlmchallenge.train import build_components  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:train_step -->", "<!-- /bench:train_step -->"
 TARGET_OVERHEAD, TARGET_SUPPLY = 1.10, 5.0
 
 
@@ -181,15 +181,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if a.write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{section}\n{END}"
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        DOC.write_text(text)
-        print(f"updated {DOC}")
+        update_section("train_step", section)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
+
+from benchdoc import update_section  # noqa: E402
 
 from vlmchallenge.models.adapters import apply_adapters  # noqa: E402
 from vlmchallenge.models.config import LoraSettings, ModelConfig, QuantizationSettings  # noqa: E402
@@ -31,8 +34,6 @@ from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl 
 from vlmchallenge.training.architectures import shipped_config  # noqa: E402
 from vlmchallenge.training.vram_math import GIB, Setup, architecture_from_config, estimate  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:vram_validate -->", "<!-- /bench:vram_validate -->"
 MODELS = ["Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"]
 
 
@@ -167,14 +168,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if a.write and not a.smoke:
-        text = DOC.read_text()
-        block = f"{BEGIN}\n{section}\n{END}"
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        DOC.write_text(text)
+        update_section("vram_validate", section)
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

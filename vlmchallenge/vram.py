@@ -14,6 +14,7 @@ import vlmchallenge.conf_schema  # noqa: F401
 from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
 from vlmchallenge.models.config import ModelConfig, OptimConfig
 from vlmchallenge.training.architectures import model_config_for
+from vlmchallenge.training.vram_callback import setup_from_configs
 from vlmchallenge.training.vram_math import (
     GIB,
     Plan,
@@ -35,21 +36,7 @@ def offline_setup(cfg: DictConfig) -> tuple[ModelConfig, Setup]:
     size = cfg.vram.source_frame_size or ([synthetic.width, synthetic.height] if synthetic else [1280, 720])
     w, h = FrameSampler(sampler).output_size(*size)
     vision = vision_tokens_per_clip(sampler.num_frames, w, h)
-    method = "qlora" if model.quantization.enabled else ("lora" if model.lora.enabled else "full")
-    setup = Setup(
-        method=method,
-        dtype=model.dtype,
-        lora_r=model.lora.r,
-        lora_dropout=model.lora.dropout,
-        target_regex=model.lora.target_modules,
-        modules_to_save=list(model.lora.modules_to_save),
-        optimizer=optim.name,
-        gradient_checkpointing=model.gradient_checkpointing,
-        attn_implementation=model.attn_implementation,
-        seq_len=vision + cfg.vram.text_tokens,
-        vision_tokens=vision,
-    )
-    return model, setup
+    return model, setup_from_configs(model, optim, vision + cfg.vram.text_tokens, vision)
 
 
 def print_plan(name: str, setup: Setup, p: Plan) -> None:

@@ -18,8 +18,8 @@ from vlmchallenge.training.vram_report import plan_table
 log = logging.getLogger(__name__)
 
 
-def setup_from(module, seq_len: int, vision_tokens: int, micro_batch: int = 1) -> Setup:
-    m, o = module.model_cfg, module.optim_cfg
+def setup_from_configs(m, o, seq_len: int, vision_tokens: int, cuda: bool = True) -> Setup:
+    """A `Setup` from the model and optimizer configs (shared by the callback and the offline CLI)."""
     method = "qlora" if m.quantization.enabled else ("lora" if m.lora.enabled else "full")
     return Setup(
         method=method,
@@ -31,10 +31,9 @@ def setup_from(module, seq_len: int, vision_tokens: int, micro_batch: int = 1) -
         optimizer=o.name,
         gradient_checkpointing=m.gradient_checkpointing,
         attn_implementation=m.attn_implementation,
-        micro_batch=micro_batch,
         seq_len=seq_len,
         vision_tokens=vision_tokens,
-        cuda=torch.cuda.is_available(),
+        cuda=cuda,
     )
 
 
@@ -77,7 +76,9 @@ class VRAMPlanner(pl.Callback):
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size
         self.plan = plan(
             arch,
-            setup_from(pl_module, seq_len, vision),
+            setup_from_configs(
+                pl_module.model_cfg, pl_module.optim_cfg, seq_len, vision, torch.cuda.is_available()
+            ),
             budget,
             global_batch,
             trainer.world_size,
