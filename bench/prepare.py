@@ -37,6 +37,8 @@ from PIL import Image, features
 # from before vlmchallenge/__init__.py existed hides `vlmchallenge.__version__` when run from bench/).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchdoc import DOC, update_section  # noqa: E402
+
 from vlmchallenge.data.annotation_parser import parse_operations_csv
 from vlmchallenge.data.clip_builder import Clip, ClipConfig, build_clips
 from vlmchallenge.data.config import DataConfig
@@ -49,13 +51,6 @@ from vlmchallenge.data.splits import SplitConfig
 from vlmchallenge.data.synthetic import SyntheticConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:prepare -->", "<!-- /bench:prepare -->"
-DOC_HEADER = (
-    "# Benchmarks\n\n"
-    "Each section below is produced by the command shown in it (with `--write`, which rewrites only that "
-    "section); rerun the command to refresh the numbers.\n"
-)
 TARGET_A, TARGET_B = 5.0, 1.3
 
 
@@ -297,19 +292,6 @@ def report(a: argparse.Namespace, argv: list[str], cfg: DataConfig, res: dict[st
     return "\n".join(lines)
 
 
-def write_section(body: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers, or append the marked section; the rest of the file is kept."""
-    text = doc.read_text() if doc.exists() else DOC_HEADER
-    section = f"{BEGIN}\n## Shard preparation (`bench/prepare.py`)\n\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
@@ -337,8 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     body = report(a, argv, cfg, res)
     print(body)
     if a.write:
-        write_section(body)
-        print(f"updated {DOC}", file=sys.stderr)
+        update_section("prepare", f"## Shard preparation (`bench/prepare.py`)\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -68,11 +68,15 @@ class _Common:
     """Auth and clip decoding shared by both APIs."""
 
     engine: VLMInference
+    export_dir: str
+    device_name: str
     limits: ServeLimits
     api_key: str | None
 
-    def _load(self, export_dir: str, device: str) -> None:
-        self.engine = VLMInference(export_dir, device=None if device == "auto" else device)
+    def setup(self, device) -> None:
+        """LitServe calls this once per worker, with the device it assigned to that worker."""
+        chosen = self.device_name if self.device_name != "auto" else device
+        self.engine = VLMInference(self.export_dir, device=None if chosen == "auto" else chosen)
 
     def authorize(
         self, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
@@ -126,9 +130,6 @@ class ClipClassifierAPI(_Common, ls.LitAPI):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
         self.export_dir, self.device_name = export_dir, device
         self.limits, self.api_key = limits or ServeLimits(), api_key
-
-    def setup(self, device) -> None:
-        self._load(self.export_dir, self.device_name if self.device_name != "auto" else device)
 
     def decode_request(self, request: PredictRequest) -> dict:  # the annotation is the request schema
         try:
@@ -192,9 +193,6 @@ class ChatClassifierAPI(_Common, ls.LitAPI):
         super().__init__(spec=ls.OpenAISpec())
         self.export_dir, self.device_name = export_dir, device
         self.limits, self.api_key = limits or ServeLimits(), api_key
-
-    def setup(self, device) -> None:
-        self._load(self.export_dir, self.device_name if self.device_name != "auto" else device)
 
     async def authorize(
         self, request: Request, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
