@@ -56,6 +56,7 @@ TINY_TRAIN_OVERRIDES = [
     "data.splits.test=[U9003]",
     "data.shards.workers=1",
     "loader.num_workers=0",
+    "trainer.accelerator=cpu",  # the same behaviour on a GPU host
     "loader.batch_size=4",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=4",

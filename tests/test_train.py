@@ -4,6 +4,7 @@ export round trip, 4-bit QLoRA on CPU."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -61,7 +62,11 @@ def test_train_validate_test_export(tmp_path, shared_data_dir):
     assert metrics["test/openpack_f1_macro"] == report["openpack_official"]["f1_macro"]
 
 
-def test_checkpoint_holds_only_trainable_tensors_and_resume_continues(tmp_path, shared_data_dir):
+def trainable_tensors(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+
+
+def test_checkpoint_holds_only_trainable_tensors(tmp_path, shared_data_dir):
     _, _, first = run(tmp_path, shared_data_dir, "a", "trainer.max_epochs=1", "test=false", "export=false")
     ckpt = torch.load(tmp_path / "train" / "runs" / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     module = first["module"]
@@ -72,15 +77,39 @@ def test_checkpoint_holds_only_trainable_tensors_and_resume_continues(tmp_path, 
     state = ckpt["optimizer_states"][0]["state"]
     assert len(state) == len(trainable)
 
-    _, _, resumed = run(
-        tmp_path, shared_data_dir, "b", "trainer.max_epochs=2", "ckpt_path=last", "test=false", "export=false"
-    )
-    trainer = resumed["trainer"]
-    assert trainer.global_step == 8  # continued from step 4, not restarted
-    assert trainer.current_epoch == 2
-    # the resumed optimizer kept its moments: step counts continue from the checkpoint's
-    opt_state = trainer.optimizers[0].state_dict()["state"]
-    assert all(int(s["step"]) == 8 for s in opt_state.values())
+
+# Several train shards (so resampling matters), two loader workers, LoRA dropout on (the model default 0.05).
+RESUME = [
+    "trainer.max_epochs=2",
+    "data.shards.maxcount=8",
+    "loader.num_workers=2",
+    "test=false",
+    "export=false",
+]
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, shared_data_dir):
+    """Stop after epoch 1 of 2, resume from its last.ckpt with the same config: the trainable weights, the
+    optimizer and the scheduler end exactly where an uninterrupted 2-epoch run ends."""
+    _, _, whole = run(tmp_path, shared_data_dir, "whole", *RESUME)
+    # EarlyStopping with a threshold every score passes stops the run after its first validation
+    stop = [
+        "+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",
+        "+callbacks.stop.monitor=val/loss",
+        "+callbacks.stop.stopping_threshold=1e9",
+    ]
+    _, _, stopped = run(tmp_path, shared_data_dir, "stopped", *RESUME, *stop)
+    assert stopped["trainer"].current_epoch == 1 and stopped["trainer"].global_step == 4
+    last = tmp_path / "train" / "runs" / "stopped" / "checkpoints" / "last.ckpt"
+    _, _, resumed = run(tmp_path, shared_data_dir, "resumed", *RESUME, f"ckpt_path={last}")
+
+    assert resumed["trainer"].global_step == whole["trainer"].global_step == 8
+    expected, got = trainable_tensors(whole["module"]), trainable_tensors(resumed["module"])
+    assert got.keys() == expected.keys()
+    worst = max(float((got[k] - expected[k]).abs().max()) for k in expected)
+    assert worst < 1e-6, f"resumed weights differ from the uninterrupted run by up to {worst:.2e}"
+    for a, b in zip(whole["trainer"].optimizers, resumed["trainer"].optimizers, strict=True):
+        assert [g["lr"] for g in a.param_groups] == [g["lr"] for g in b.param_groups]
 
 
 def test_same_seed_same_metrics(tmp_path, shared_data_dir):
@@ -135,7 +164,7 @@ def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_di
         "visual" in n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)
     )
     assert objects["trainer"].global_step == 8
-    assert metrics["train/loss"] == metrics["train/loss"]  # finite, not NaN
+    assert math.isfinite(metrics["train/loss"])
 
 
 def test_export_cli_from_a_checkpoint(tmp_path, shared_data_dir):

@@ -25,6 +25,7 @@ from vlmchallenge.models.exporter import export_model
 from vlmchallenge.models.loader import load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
 from vlmchallenge.models.vlm_module import VLMClassifier
+from vlmchallenge.training.random_state import RandomStateCheckpoint
 from vlmchallenge.utils import (
     find_latest_checkpoint,
     instantiate_callbacks,
@@ -66,7 +67,8 @@ def build_components(cfg: DictConfig):
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     pl.seed_everything(cfg.seed, workers=True)
     data, model_cfg, pretrained, processor, prompt, datamodule, module = build_components(cfg)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    # exact resume is not optional, so its callback is not a config choice
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), RandomStateCheckpoint()]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for lg in loggers:

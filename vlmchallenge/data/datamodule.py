@@ -1,9 +1,10 @@
 """Stream prepared WebDataset shards into the model.
 
-- train: shards resampled with replacement (seeded per rank and worker, so every DataLoader worker on every rank
-  draws its own stream), a shuffle buffer, decoding + processor collation inside the workers, fixed-size batches,
-  and an epoch length computed from the shard index: exactly `ceil(samples / (world * batch))` batches per rank,
-  so DDP ranks never wait on each other.
+- train: shards resampled with replacement, a shuffle buffer, decoding + processor collation inside the workers,
+  fixed-size batches, and an epoch length computed from the shard index: exactly `ceil(samples / (world * batch))`
+  batches per rank, so DDP ranks never wait on each other. Every random choice of epoch `e` is seeded from
+  (seed, rank, worker, e) alone, so a run resumed at an epoch boundary streams exactly the batches an
+  uninterrupted run would (see `TrainStream`).
 - val/test: one exact pass; shards split by rank, then by worker, so each sample is seen exactly once.
 `batch_size` is read when a loader is built, so a callback (the VRAM planner) may set it first.
 """
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
 
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import MANIFEST_NAME, prepare
@@ -48,12 +51,76 @@ def class_repeat_factors(class_counts: dict[str, int], alpha: float) -> dict[int
 def balance_classes(src: Iterator[dict], repeats: dict[int, float], seed: int) -> Iterator[dict]:
     """Repeat each (not yet decoded) sample by its class factor, stochastically rounded; the shuffle buffer
     after this stage spreads the copies out."""
-    rng = random.Random(seed * 100_003 + wds.utils.pytorch_worker_seed())
+    rng = random.Random(seed)
     for sample in src:
         factor = repeats.get(int(sample["cls"]), 1.0)
         copies = int(factor) + (rng.random() < factor - int(factor))
         for _ in range(copies):
             yield sample
+
+
+def stream_seed(seed: int, rank: int, worker: int, epoch: int) -> int:
+    """One seed per (run seed, rank, DataLoader worker, epoch): the only state a training stream depends on."""
+    return wds.utils.make_seed(seed, rank, worker, epoch)  # ints only: str hashes change per process
+
+
+class TrainStream(IterableDataset):
+    """One rank's training batches for one epoch, split across DataLoader workers.
+
+    Each pass is rebuilt from `(seed, rank, worker, epoch)`: shard resampling, class balancing and the shuffle
+    buffer are all seeded from it, and worker `w` of `W` yields the batches `w, w+W, ...` of the epoch's
+    `batches` (the DataLoader interleaves workers in that order). Nothing carries over between passes, so the
+    stream of epoch `e` is the same whether the process trained epochs `0..e-1` itself or resumed from a
+    checkpoint taken after them. `epoch` is set by `EpochLoader` before each pass.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        batches: int,
+        batch_size: int,
+        collate: Callable,
+        shuffle_buffer: int,
+        repeats: dict[int, float] | None,
+        seed: int,
+        rank: int,
+    ):
+        super().__init__()
+        self.urls, self.batches, self.batch_size, self.collate = urls, batches, batch_size, collate
+        self.shuffle_buffer, self.repeats, self.seed, self.rank = shuffle_buffer, repeats, seed, rank
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        seed = stream_seed(self.seed, self.rank, worker, self.epoch)
+        stages = [wds.ResampledShards(self.urls, seed=seed, deterministic=True), wds.tarfile_to_samples()]
+        if self.repeats:
+            stages.append(partial(balance_classes, repeats=self.repeats, seed=seed + 1))
+        pipeline = wds.DataPipeline(
+            *stages,
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed + 2),
+            wds.decode("rgb8"),
+            wds.map(to_example),
+            wds.batched(self.batch_size, collation_fn=self.collate, partial=False),
+        )
+        return islice(iter(pipeline), len(range(worker, self.batches, workers)))
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over a `TrainStream` that tells the stream its epoch (from `epoch_fn`, the trainer's) before
+    every pass. Workers are started per pass (not persistent) so they see that epoch, and the loader has its own
+    generator so creating it never draws from the global torch RNG that LoRA dropout uses."""
+
+    def __init__(self, stream: TrainStream, epoch_fn: Callable[[], int], num_workers: int):
+        super().__init__(stream, batch_size=None, num_workers=num_workers, generator=torch.Generator())
+        self.epoch_fn = epoch_fn
+
+    def __iter__(self):
+        stream: TrainStream = self.dataset
+        stream.epoch = self.epoch_fn()
+        self.generator.manual_seed(stream_seed(stream.seed, stream.rank, -1, stream.epoch))
+        return super().__iter__()
 
 
 def to_example(sample: dict) -> Example:
@@ -101,6 +168,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)
         self.manifest: dict | None = None
+        self.resumed_epoch = 0
 
     def prepare_data(self) -> None:
         """Build (or reuse) the shards for these data settings; runs on one process per node."""
@@ -130,31 +198,40 @@ class ShardDataModule(pl.LightningDataModule):
         examples = list(islice(iter(pipeline), n or self.batch_size))
         return self.train_collate(examples)
 
-    def _workers(self) -> dict:
-        # persistent workers keep the resampled stream's epoch counter, so each epoch draws a new sequence
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+    def train_epoch(self) -> int:
+        """The epoch the next training pass belongs to. On resume Lightning builds the first pass's iterator before
+        it restores its loop counters (`FitLoop.setup_data`, called early by `estimated_stepping_batches`), so
+        the epoch saved in the checkpoint with this datamodule's state takes precedence then."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return max(epoch, self.resumed_epoch)
+
+    def state_dict(self) -> dict:
+        # saved at an epoch's end, `processed` already counts that epoch: the resumed run starts the next one
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        return {"next_train_epoch": epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resumed_epoch = int(state.get("next_train_epoch", 0))
 
     def train_dataloader(self):
         urls, total = read_split_index(self.out_dir, "train")
         if total == 0:
             raise ValueError(f"{self.out_dir}/train: the train split is empty; check data.splits")
-        stages = [
-            wds.ResampledShards(urls, seed=self.seed + 7919 * self.rank, deterministic=True),
-            wds.tarfile_to_samples(),
-        ]
+        repeats = None
         if self.class_balance > 0:
             counts = self.manifest["splits"]["train"]["class_counts"]
             repeats = class_repeat_factors(counts, self.class_balance)
-            stages.append(partial(balance_classes, repeats=repeats, seed=self.seed + 7919 * self.rank))
-        pipeline = wds.DataPipeline(
-            *stages,
-            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=self.seed),
-            wds.decode("rgb8"),
-            wds.map(to_example),
-            wds.batched(self.batch_size, collation_fn=self.train_collate, partial=False),
+        stream = TrainStream(
+            urls,
+            self.train_batches_per_rank(),
+            self.batch_size,
+            self.train_collate,
+            self.shuffle_buffer,
+            repeats,
+            self.seed,
+            self.rank,
         )
-        loader = wds.WebLoader(pipeline, batch_size=None, **self._workers())
-        return loader.with_epoch(self.train_batches_per_rank())
+        return EpochLoader(stream, self.train_epoch, self.num_workers)
 
     def _eval_loader(self, split: str):
         urls, total = read_split_index(self.out_dir, split)
@@ -169,7 +246,14 @@ class ShardDataModule(pl.LightningDataModule):
             wds.map(to_example),
             wds.batched(self.eval_batch_size, collation_fn=self.eval_collate, partial=True),
         )
-        return wds.WebLoader(pipeline, batch_size=None, **self._workers())
+        # its own generator: building the loader never draws from the global RNG (exact resume)
+        return wds.WebLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def val_dataloader(self):
         return self._eval_loader("val")

@@ -3,6 +3,8 @@ macro and weighted, mAP from the class probabilities, and the confusion matrix.
 
 Macro averages follow torchmetrics/scikit-learn defaults: a class absent from both targets and predictions is
 left out of the average. (OpenPack's official score counts such a class as F1 0: see `openpack_metric.py`.)
+Balanced accuracy is scikit-learn's `balanced_accuracy_score`: the mean recall over the classes present in the
+targets only, so a class that is merely predicted does not pull it down (unlike `recall_macro`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,21 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
+    MulticlassStatScores,
 )
+
+
+class MulticlassBalancedAccuracy(MulticlassStatScores):
+    """scikit-learn's `balanced_accuracy_score`: mean of tp / (tp + fn) over the classes with support > 0."""
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(num_classes, average="none", **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        tp, _, _, fn = self._final_state()
+        support = tp + fn
+        present = support > 0
+        return (tp[present] / support[present]).mean()
 
 
 def clip_metrics(num_classes: int, prefix: str = "") -> MetricCollection:
@@ -25,7 +41,7 @@ def clip_metrics(num_classes: int, prefix: str = "") -> MetricCollection:
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(k, average="micro"),
-            "balanced_acc": MulticlassRecall(k, average="macro"),
+            "balanced_acc": MulticlassBalancedAccuracy(k),
             "precision_macro": MulticlassPrecision(k, average="macro"),
             "recall_macro": MulticlassRecall(k, average="macro"),
             "f1_macro": MulticlassF1Score(k, average="macro"),

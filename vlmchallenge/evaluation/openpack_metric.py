@@ -5,8 +5,8 @@ Rules (openpack-toolkit `codalab/operation_segmentation`, docs/openpack.md §7):
 - a prediction's slot is `t - t % 1000`; the last prediction within a second wins; predictions are cropped to the
   ground-truth range and missing seconds are forward-filled (leading seconds with nothing to fill from take the
   first prediction; their count is reported);
-- precision/recall/F1 per class with `zero_division=0`, averaged over all 10 classes: a class absent from the
-  evaluated data still counts, with F1 0; a predicted 8100 on a non-Null second is simply an error.
+- precision/recall/F1 per class (scikit-learn, `zero_division=0`), averaged over all 10 classes: a class absent
+  from the evaluated data still counts, with F1 0; a predicted 8100 on a non-Null second is simply an error.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
 
 from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID, OPERATION_IDS
 
@@ -69,16 +70,11 @@ def resample_predictions_1hz(
 def per_class_prf(
     truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]
 ) -> dict[int, tuple[float, float, float, int]]:
-    out = {}
-    for c in labels:
-        tp = int(np.sum((pred == c) & (truth == c)))
-        fp = int(np.sum((pred == c) & (truth != c)))
-        fn = int(np.sum((pred != c) & (truth == c)))
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        f = 2 * p * r / (p + r) if p + r else 0.0
-        out[c] = (p, r, f, int(np.sum(truth == c)))
-    return out
+    """{id: (precision, recall, F1, support)} for every id in `labels`, present or not (zero_division=0)."""
+    p, r, f, support = precision_recall_fscore_support(
+        truth, pred, labels=list(labels), average=None, zero_division=0
+    )
+    return {c: (float(p[i]), float(r[i]), float(f[i]), int(support[i])) for i, c in enumerate(labels)}
 
 
 def eval_operation_segmentation(

@@ -159,8 +159,9 @@ def build_tiny_qwen2vl(spec: TinyModelSpec, out_dir: str | Path) -> Path:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen2VLForConditionalGeneration(cfg)
+    with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
+        torch.manual_seed(spec.seed)
+        model = Qwen2VLForConditionalGeneration(cfg)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     processor = Qwen2VLProcessor(

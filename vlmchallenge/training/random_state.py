@@ -1,0 +1,65 @@
+"""Save every rank's random-number state in checkpoints and restore it on resume.
+
+Lightning checkpoints hold the weights, optimizer, scheduler and loop counters, but not the RNG state, so a
+resumed run draws different LoRA-dropout masks from an uninterrupted one. This callback stores the torch (CPU
+and CUDA), numpy and Python states of every rank and puts them back when training starts again, after model
+building and loader creation have drawn whatever they draw. The data stream needs no saved state: its seeds are
+a function of (seed, rank, worker, epoch) (`vlmchallenge.data.datamodule.TrainStream`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytorch_lightning as pl
+import torch.distributed as dist
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+log = logging.getLogger(__name__)
+
+KEY = "rng_states_per_rank"
+
+
+def _portable(states: dict) -> dict:
+    """numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses: store it as plain ints."""
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    return {**states, "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+
+
+def _restorable(states: dict) -> dict:
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    return {**states, "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)}
+
+
+class RandomStateCheckpoint(pl.Callback):
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        # called on every rank (only rank 0 writes the file), so each rank's state is gathered into it
+        states = _portable(_collect_rng_states(include_cuda=True))
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list = [None] * trainer.world_size
+            dist.all_gather_object(gathered, states)
+            checkpoint[KEY] = gathered
+        else:
+            checkpoint[KEY] = [states]
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        saved = checkpoint.get(KEY)
+        if saved is None:
+            log.warning("checkpoint has no RNG states (older run): resuming with fresh random streams")
+        elif len(saved) != trainer.world_size:
+            log.warning(
+                "checkpoint holds RNG states of %d ranks, this run has %d: random streams are not restored",
+                len(saved),
+                trainer.world_size,
+            )
+        else:
+            self._pending = _restorable(saved[trainer.global_rank])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._pending is not None:
+            _set_rng_states(self._pending)
+            self._pending = None
