@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
+from tests.helpers.runs import TWO_CLASS_OVERRIDES, compose_train
 from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
@@ -41,60 +44,32 @@ def data_cfg(synthetic_root, tmp_path) -> DataConfig:
 
 # ---------------------------------------------------------------- training fixtures
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-# Small enough for a few-second run: 3 users x 1 box of 112x84 frames, 2-s windows every 2 s.
-TINY_TRAIN_OVERRIDES = [
-    "data.synthetic.users=[U9001,U9002,U9003]",
-    "data.synthetic.boxes_per_session=1",
-    "data.synthetic.width=112",
-    "data.synthetic.height=84",
-    "data.clips.stride_s=2.0",
-    "data.sampler.max_pixels=6272",
-    "data.splits.train=[U9001]",
-    "data.splits.val=[U9002]",
-    "data.splits.test=[U9003]",
-    "data.shards.workers=1",
-    "loader.num_workers=0",
-    "trainer.accelerator=cpu",  # the same behaviour on a GPU host
-    "loader.batch_size=4",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "~callbacks.rich_progress_bar",
-    "logger=csv",
-]
-
 
 @pytest.fixture(scope="session")
 def shared_data_dir(tmp_path_factory) -> Path:
-    """One data dir (synthetic tree, shards, tiny model) shared by every training test."""
+    """One data dir (synthetic tree, shards, tiny model) shared by the short training tests."""
     return tmp_path_factory.mktemp("train_data")
 
 
-def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = (), log_dir: Path | None = None):
-    """Compose conf/train.yaml as `python -m vlmchallenge.train` would, with HydraConfig set."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+@dataclass
+class TrainedRun:
+    cfg: DictConfig
+    metrics: dict
+    objects: dict  # trainer, module, datamodule, export_dir
+    data_dir: Path
 
-    import vlmchallenge.conf_schema  # noqa: F401
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *TINY_TRAIN_OVERRIDES,
-                f"paths.data_dir={data_dir}",
-                f"paths.log_dir={log_dir or out_dir.parent}",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+@pytest.fixture(scope="session")
+def two_class_run(tmp_path_factory) -> TrainedRun:
+    """The tiny model trained on two synthetic operations until it tells them apart, tested and exported."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vlmchallenge.train import train
+
+    root = tmp_path_factory.mktemp("two_class")
+    cfg = compose_train(root / "train" / "runs" / "run", root / "data", TWO_CLASS_OVERRIDES, log_dir=root)
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    return TrainedRun(cfg, metrics, objects, root / "data")

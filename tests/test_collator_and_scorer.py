@@ -15,20 +15,27 @@ from vlmchallenge.models.loader import load_base_model, load_processor, resolve_
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 
+# Both frame sizes used below lie on the 28-px grid inside [min_pixels, max_pixels], so the processor keeps them:
+# 84x112 -> (4/2) x 3 x 4 = 24 vision tokens per 4-frame clip, 56x112 -> (4/2) x 2 x 4 = 16.
+LARGE, SMALL = (84, 112), (56, 112)
+TINY_SAMPLER = SamplerConfig(min_pixels=56 * 56, max_pixels=112 * 84)
+
 
 @pytest.fixture(scope="module")
 def tiny(shared_data_dir):
     cfg = ModelConfig(tiny=TinyModelSpec(), cache_dir=str(shared_data_dir / "models"))
     path = resolve_pretrained(cfg)
-    processor = load_processor(path, SamplerConfig(max_pixels=112 * 84))
+    processor = load_processor(path, TINY_SAMPLER)
     return cfg, path, processor
 
 
-def clips(labels, frames=4, h=84, w=112, seed=0):
+def clips(labels, frames=4, sizes=None, seed=0):
+    """Random clips, all 84x112 unless `sizes` gives an (h, w) per clip."""
     rng = np.random.default_rng(seed)
+    sizes = sizes or [LARGE] * len(labels)
     return [
         Example(rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8), y, {"i": i})
-        for i, y in enumerate(labels)
+        for i, (y, (h, w)) in enumerate(zip(labels, sizes, strict=True))
     ]
 
 
@@ -55,12 +62,41 @@ def test_loss_only_on_answer_tokens(tiny):
     assert batch["attention_mask"][:, 0].all()  # right padding for training
 
 
+def test_answer_tokens_merged_into_the_prompt_are_refused(tiny):
+    """The shipped template ends the prompt with "\\n", which this BPE never merges with what follows, so no
+    class name triggers the check. A generation prompt ending in a space (`assistant: `) does: " Assemble" is
+    one token, so "Assemble Box" is tokenized differently after the prompt than on its own, and the loss mask
+    would be off by one token."""
+    _, path, _ = tiny
+    processor = load_processor(path, TINY_SAMPLER)  # an own copy: its chat template is changed
+    assert "<|im_start|>assistant\n" in processor.chat_template
+    processor.chat_template = processor.chat_template.replace(
+        "<|im_start|>assistant\n", "<|im_start|>assistant: "
+    )
+    collate = TrainCollator(processor, PromptBuilder())
+    assert collate.prompt_text.endswith("assistant: ")
+    assert collate(clips([0]))["labels"].ne(IGNORE_INDEX).sum() == 2  # "Picking": no " Picking" token
+    with pytest.raises(
+        ValueError, match="'Assemble Box'.*tokenizer merges across the prompt/answer boundary"
+    ):
+        collate(clips([0, 2]))
+
+
 def test_prompt_batches_are_left_padded_and_token_counts_follow_the_sampler(tiny):
     _, _, processor = tiny
-    batch = PromptCollator(processor, PromptBuilder())(clips([0, 1]))
-    assert batch["attention_mask"][:, -1].all()
-    # 4 frames of 84x112 (already on the 28-px grid): no upscaling -> 2 x 3 x 4 = 24 tokens per clip
-    assert vision_tokens(batch["video_grid_thw"]).tolist() == [24, 24]
+    tok = processor.tokenizer
+    batch = PromptCollator(processor, PromptBuilder())(clips([0, 1], sizes=[LARGE, SMALL]))
+    # frames kept at their size (no upscaling), so the smaller clip has fewer vision tokens ...
+    assert vision_tokens(batch["video_grid_thw"]).tolist() == [24, 16]
+    video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (ids == video_pad).sum(1).tolist() == [24, 16]
+    # ... and its prompt is 8 tokens shorter: padded on the left, so both prompts end at the last column
+    assert mask[0].all()
+    assert mask[1].tolist() == [0] * 8 + [1] * (ids.shape[1] - 8)
+    assert ids[1, :8].eq(tok.pad_token_id).all()
+    # apart from the vision tokens, both rows hold the same prompt
+    assert ids[0][ids[0] != video_pad].tolist() == ids[1, 8:][ids[1, 8:] != video_pad].tolist()
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
@@ -77,9 +113,12 @@ def test_kv_expanded_scoring_equals_a_forward_per_class(tiny, with_lora):
     model.eval()
     prompt = PromptBuilder()
     scorer = LabelScorer(processor.tokenizer, prompt)
-    batch = PromptCollator(processor, prompt)(clips([0, 1, 2], seed=1))
+    # Mixed frame sizes: prompts of two lengths, so `score` scores two groups of rows (0, 2 and 1, 3), strips
+    # the left padding of the short group and picks each clip's patches out of the concatenated patches.
+    batch = PromptCollator(processor, prompt)(clips([0, 1, 2, 3], sizes=[SMALL, LARGE, SMALL, LARGE], seed=1))
+    assert not batch["attention_mask"][0].all() and batch["attention_mask"][1].all()
     fast, slow = scorer.score(model, batch), scorer.score_naive(model, batch)
-    assert fast.shape == (3, 10)
+    assert fast.shape == (4, 10)
     assert torch.allclose(fast, slow, atol=1e-4)
     assert torch.equal(fast.argmax(1), slow.argmax(1))
 

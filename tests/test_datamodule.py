@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 
 from vlmchallenge.data.datamodule import ShardDataModule
 from vlmchallenge.data.pipeline import prepare
@@ -30,15 +32,21 @@ def make_dm(cfg, **kw):
 
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_two_ranks_two_workers_see_every_eval_sample_exactly_once(prepared, split):
-    expected = prepared.resolved_out_dir("data")
-    seen: list[str] = []
+    per_rank: list[list[str]] = []
     for rank in range(2):
         dm = make_dm(prepared, num_workers=2, eval_batch_size=3)
         dm.rank, dm.world_size = rank, 2
         loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
-        seen += [k for batch in loader for k in batch]
-    assert len(seen) == len(set(seen)) == dm.num_samples(split)
-    assert expected == dm.out_dir
+        per_rank.append([k for batch in loader for k in batch])
+    # what is really on disk, read without the datamodule (nor its index)
+    tars = sorted(str(p) for p in (Path(prepared.shards.out_dir) / split).glob("*.tar"))
+    on_disk = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert len(tars) >= 4  # enough shards for 2 ranks x 2 workers to each get some
+    assert all(per_rank), "each rank gets a share"
+    assert not set(per_rank[0]) & set(per_rank[1]), "ranks share no sample"
+    seen = per_rank[0] + per_rank[1]
+    assert len(seen) == len(set(seen)), "no sample twice (e.g. by two workers of one rank)"
+    assert sorted(seen) == sorted(on_disk)
 
 
 def test_train_epoch_is_exact_per_rank_and_batch_size_is_read_late(prepared):
@@ -56,6 +64,23 @@ def test_train_stream_is_reproducible_for_a_seed(prepared):
     b = [k for b in make_dm(prepared, num_workers=0, batch_size=4, seed=1).train_dataloader() for k in b]
     c = [k for b in make_dm(prepared, num_workers=0, batch_size=4, seed=2).train_dataloader() for k in b]
     assert a == b != c
+
+
+def test_each_epoch_streams_its_own_batches_whatever_came_before(prepared):
+    """Epoch e's stream is a function of (seed, rank, worker, e) only: a new epoch draws new batches, and a fresh
+    datamodule told to resume at epoch 1 (from a checkpoint's state) streams exactly what a long-lived one does."""
+
+    def keys(dm):
+        return [k for batch in dm.train_dataloader() for k in batch]
+
+    long_lived = make_dm(prepared, num_workers=2, batch_size=4)
+    epoch0 = keys(long_lived)
+    long_lived.load_state_dict({"next_train_epoch": 1})
+    epoch1 = keys(long_lived)
+    resumed = make_dm(prepared, num_workers=2, batch_size=4)
+    resumed.load_state_dict({"next_train_epoch": 1})
+    assert epoch1 != epoch0
+    assert keys(resumed) == epoch1
 
 
 def test_examples_carry_frames_label_and_metadata(data_cfg):

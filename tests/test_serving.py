@@ -1,5 +1,6 @@
-"""Serving: in-process (TestClient) and a real server on loopback, the official `openai` client, the bad-input
-suite, API keys, and schemathesis against the OpenAPI schema (no 5xx)."""
+"""Serving: training-equal probabilities for the same frames, in-process (TestClient) and a real server on
+loopback with concurrent different clips, the official `openai` client, the bad-input suite, API keys, and
+schemathesis against the OpenAPI schema (no 5xx). The model is `two_class_run`'s, which tells clips apart."""
 
 from __future__ import annotations
 
@@ -14,37 +15,63 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hydra.core.global_hydra import GlobalHydra
 from litserve.utils import wrap_litserve_start
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers.runs import CONF_DIR
+from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.serve import build_server
-from vlmchallenge.serving.inference import VLMInference
+from vlmchallenge.serving.inference import VLMInference, decode_image
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, shared_data_dir):
-    from vlmchallenge.train import train
+def export_dir(two_class_run):
+    return two_class_run.objects["export_dir"]
 
-    out = tmp_path_factory.mktemp("serve") / "train" / "runs" / "s"
-    cfg = compose_train(out, shared_data_dir, ["test=false"])
-    _, objects = train(cfg)
-    GlobalHydra.instance().clear()
-    return objects["export_dir"]
+
+@dataclass
+class ClipCase:
+    """A test-split clip: the raw source JPEGs of its sampled frames, and what training's scorer said."""
+
+    label: str
+    frames_b64: list[str]
+    training_probs: np.ndarray  # softmax over the class names, from the training run's test stage
 
 
 @pytest.fixture(scope="module")
-def frames_b64(shared_data_dir):
-    root = (
-        shared_data_dir / "synthetic" / "openpack" / "v1.0.0" / "U9003" / "kinect" / "color-masked" / "frames"
-    )
-    paths = sorted(root.rglob("*.jpg"))[100:116]
-    return [base64.b64encode(p.read_bytes()).decode() for p in paths]
+def clips(two_class_run) -> list[ClipCase]:
+    """Three clips of each trained operation, predicted as different classes by the trained model."""
+    names = two_class_run.objects["module"].prompt.class_names
+    root = Path(two_class_run.cfg.data.root)
+    by_label: dict[str, list] = {}
+    for p in two_class_run.objects["module"].test_predictions:
+        by_label.setdefault(names[p["pred"]], []).append(p)
+    assert len(by_label) >= 2, f"the fixture model must discriminate; it predicted only {list(by_label)}"
+    cases = []
+    for label, preds in sorted(by_label.items()):
+        for p in preds[:3]:
+            m = p["meta"]
+            source = JpegFolderSource(root / m["user"] / "kinect" / "color-masked" / "frames" / m["session"])
+            path_at = dict(zip(source.timestamps_ms.tolist(), source.paths, strict=True))
+            frames = [base64.b64encode(Path(path_at[t]).read_bytes()).decode() for t in m["frame_ts_ms"]]
+            cases.append(ClipCase(label, frames, np.asarray(p["probs"])))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def frames_b64(clips):
+    return clips[0].frames_b64
+
+
+def probs_of(result: dict, names: list[str]) -> np.ndarray:
+    return np.asarray([result["probabilities"][n] for n in names])
 
 
 def png_b64(color=(10, 20, 30), size=(112, 84)) -> str:
@@ -77,50 +104,103 @@ def client(export_dir):
         yield c
 
 
-def test_inference_matches_the_sampler_and_prompt_of_training(export_dir, frames_b64):
+def test_serving_gives_training_probabilities_for_the_same_frames(export_dir, clips):
+    """The raw JPEGs of a test clip's frames, served, score exactly as the training run's test stage scored
+    that clip from its shard: same sampler (decode, crop, resize, JPEG round trip), prompt and scorer."""
     engine = VLMInference(export_dir, device="cpu")
-    images = [Image.open(io.BytesIO(base64.b64decode(f))) for f in frames_b64]
-    clip = engine.prepare(images)
-    w, h = engine.sampler.output_size(*images[0].size)
-    assert clip.shape == (4, h, w, 3)  # the training geometry: 4 frames, band cropped, on the 28-px grid
-    assert (w, h) == (84, 56)
-    result = engine.predict(images)
-    assert result["label"] in engine.prompt.class_names and result["id"] in engine.class_ids
-    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    batch = engine.predict_batch([clip, clip])
-    assert batch[0]["label"] == batch[1]["label"] == result["label"]
+    names = engine.prompt.class_names
+    decoded = [[decode_image(base64.b64decode(f), "frame") for f in c.frames_b64] for c in clips]
+    w, h = engine.sampler.output_size(*decoded[0][0].size)
+    assert engine.prepare(decoded[0]).shape == (4, h, w, 3) == (4, 56, 84, 3)  # the training geometry
+    singles = [engine.predict(frames) for frames in decoded]
+    for case, result in zip(clips, singles, strict=True):
+        assert result["label"] == case.label
+        assert np.allclose(probs_of(result, names), case.training_probs, atol=1e-5)
+    # one batch of different clips gives each clip its single-request answer
+    batch = engine.predict_batch([engine.prepare(frames) for frames in decoded])
+    for single, batched in zip(singles, batch, strict=True):
+        assert np.allclose(probs_of(single, names), probs_of(batched, names), atol=1e-5)
 
 
-def test_health_info_and_predict(client, frames_b64):
+def test_health_info_and_predict(client, clips):
     assert client.get("/health").text == "ok"
     info = client.get("/info").json()["model"]
+    names = [c["name"] for c in info["classes"]]
     assert [c["id"] for c in info["classes"]][:3] == [100, 200, 300]
-    r = client.post("/predict", json={"frames": frames_b64})
+    r = client.post("/predict", json={"frames": clips[0].frames_b64})
     assert r.status_code == 200
     pred = r.json()["prediction"]
-    assert pred["label"] in [c["name"] for c in info["classes"]] and len(pred["probabilities"]) == 10
+    assert pred["label"] == clips[0].label and len(pred["probabilities"]) == 10
+    assert np.allclose(probs_of(pred, names), clips[0].training_probs, atol=1e-5)
+    # several clips in one request: one answer each, in order; top_k keeps the k most probable classes
     many = client.post(
-        "/predict", json={"clips": [{"frames": frames_b64[:8]}, {"frames": frames_b64[8:]}], "top_k": 3}
+        "/predict", json={"clips": [{"frames": c.frames_b64} for c in (clips[0], clips[-1])], "top_k": 3}
     )
     assert many.status_code == 200
-    assert [len(p["probabilities"]) for p in many.json()["predictions"]] == [3, 3]
+    answers = many.json()["predictions"]
+    assert [a["label"] for a in answers] == [clips[0].label, clips[-1].label]
+    for answer, case in zip(answers, (clips[0], clips[-1]), strict=True):
+        top = sorted(zip(case.training_probs, names, strict=True), reverse=True)[:3]
+        assert list(answer["probabilities"]) == [n for _, n in top]
 
 
-def test_video_input(client, frames_b64, tmp_path):
+def write_video(path: Path, images: list[Image.Image]) -> Path:
     import av
 
-    path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("mpeg4", rate=15)
-        stream.width, stream.height, stream.pix_fmt = 112, 64, "yuv420p"
-        for f in frames_b64:
-            frame = av.VideoFrame.from_image(Image.open(io.BytesIO(base64.b64decode(f))).convert("RGB"))
-            for packet in stream.encode(frame):
+        stream.width, stream.height, stream.pix_fmt = *images[0].size, "yuv420p"
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_image(image.convert("RGB"))):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+def decoded_video_frames(path: Path) -> list[Image.Image]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_image() for frame in container.decode(video=0)]
+
+
+def png_of(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_video_input_reads_at_most_max_video_frames_read(export_dir, clips, tmp_path):
+    """A video of 12 frames with `max_video_frames_read=4` is answered from its first 4 decoded frames only."""
+    images = [Image.open(io.BytesIO(base64.b64decode(f))) for c in clips[:3] for f in c.frames_b64]
+    video = write_video(tmp_path / "clip.mp4", images)
+    first4 = [png_of(im) for im in decoded_video_frames(video)[:4]]
+    cfg = serve_cfg(export_dir, openai=False, **{"limits.max_video_frames_read": 4})
+    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
+        wait_healthy(lambda p: c.get(p).status_code)
+        by_video = c.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
+        by_frames = c.post("/predict", json={"frames": first4})
+        assert by_video.status_code == by_frames.status_code == 200, by_video.text
+        assert (
+            by_video.json()["prediction"]["probabilities"] == by_frames.json()["prediction"]["probabilities"]
+        )
+        everything = c.post("/predict", json={"frames": [png_of(im) for im in decoded_video_frames(video)]})
+        assert (
+            everything.json()["prediction"]["probabilities"] != by_video.json()["prediction"]["probabilities"]
+        )
+
+
+def test_a_video_without_frames_is_a_clear_4xx(client, tmp_path):
+    import av
+
+    path = tmp_path / "empty.avi"
+    with av.open(str(path), "w") as out:  # a valid container whose video stream holds no frame
+        stream = out.add_stream("mpeg4", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 112, 84, "yuv420p"
+        out.start_encoding()  # writes the header; no frame follows
     r = client.post("/predict", json={"video": base64.b64encode(path.read_bytes()).decode()})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 422 and "contains no frames" in r.text, r.text
 
 
 BAD = [
@@ -187,41 +267,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(export_dir, log, attempts=3):
+    """`python -m vlmchallenge.serve` on a free port. Another process may take the port between our probe and
+    the server's bind; then the server exits and we retry on a new port."""
+    for _ in range(attempts):
+        port = free_port()
+        with open(log, "w") as f:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "vlmchallenge.serve",
+                    f"export_dir={export_dir}",
+                    f"port={port}",
+                    "device=cpu",
+                    "api_key=k3y",
+                    f"hydra.run.dir={log.parent}",
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base = f"http://127.0.0.1:{port}"
+
+        def status(path, base=base):
+            try:
+                return urllib.request.urlopen(base + path, timeout=5).status
+            except Exception:
+                return None
+
+        # generous: model loading on a busy 2-core machine can take a while; a dead server fails fast
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if status("/health") == 200:
+                return proc, base
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    raise RuntimeError(f"server never became healthy; last log:\n{log.read_text()[-3000:]}")
+
+
 @pytest.fixture(scope="module")
 def live_server(export_dir, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vlmchallenge.serve",
-                f"export_dir={export_dir}",
-                f"port={port}",
-                "device=cpu",
-                "api_key=k3y",
-                f"hydra.run.dir={log.parent}",
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def status(path):
-        try:
-            return urllib.request.urlopen(base + path, timeout=2).status
-        except Exception:
-            return None
-
+    proc, base = start_server(export_dir, log)
     try:
-        wait_healthy(status, timeout=180)
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        assert "Traceback" not in log.read_text() or proc.returncode is not None
+        proc.wait(timeout=60)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 def post(base, path, body, key="k3y"):
@@ -237,33 +332,71 @@ def post(base, path, body, key="k3y"):
         return e.code, json.loads(e.read() or b"{}")
 
 
-def test_live_server_concurrent_requests_are_batched_and_correct(live_server, frames_b64):
-    single = post(live_server, "/predict", {"frames": frames_b64})[1]["prediction"]["label"]
+def test_live_server_batches_concurrent_different_clips_without_changing_answers(live_server, clips):
+    names = [
+        n
+        for n in post(live_server, "/predict", {"frames": clips[0].frames_b64})[1]["prediction"][
+            "probabilities"
+        ]
+    ]
+    singles = [post(live_server, "/predict", {"frames": c.frames_b64})[1]["prediction"] for c in clips]
+    requests = [clips[i % len(clips)] for i in range(16)]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: post(live_server, "/predict", {"frames": frames_b64}), range(16)))
+        results = list(pool.map(lambda c: post(live_server, "/predict", {"frames": c.frames_b64}), requests))
     assert all(code == 200 for code, _ in results)
-    assert {r["prediction"]["label"] for _, r in results} == {single}  # batching does not change answers
-    assert post(live_server, "/predict", {"frames": frames_b64}, key="nope")[0] == 401
+    for i, (_, body) in enumerate(results):
+        expected = singles[i % len(clips)]
+        assert body["prediction"]["label"] == expected["label"] == requests[i].label
+        assert np.allclose(probs_of(body["prediction"], names), probs_of(expected, names), atol=1e-5)
+        assert np.allclose(probs_of(body["prediction"], names), requests[i].training_probs, atol=1e-5)
+    assert post(live_server, "/predict", {"frames": clips[0].frames_b64}, key="nope")[0] == 401
 
 
-def test_official_openai_client(live_server, frames_b64):
-    from openai import OpenAI
-
-    client = OpenAI(base_url=live_server + "/v1", api_key="k3y")
-    content = [{"type": "text", "text": "Which packaging operation is this?"}] + [
+def chat_content(frames_b64):
+    return [{"type": "text", "text": "Which packaging operation is this?"}] + [
         {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{f}"}} for f in frames_b64
     ]
-    reply = client.chat.completions.create(
-        model="vlmchallenge", messages=[{"role": "user", "content": content}]
-    )
-    label = reply.choices[0].message.content
-    assert label == post(live_server, "/predict", {"frames": frames_b64})[1]["prediction"]["label"]
-    with pytest.raises(Exception, match="422"):
+
+
+def test_official_openai_client(live_server, clips):
+    from openai import AuthenticationError, OpenAI, UnprocessableEntityError
+
+    client = OpenAI(base_url=live_server + "/v1", api_key="k3y", max_retries=0)
+    labels = set()
+    for case in (clips[0], clips[-1]):  # clips of both trained operations
+        reply = client.chat.completions.create(
+            model="vlmchallenge", messages=[{"role": "user", "content": chat_content(case.frames_b64)}]
+        )
+        label = reply.choices[0].message.content
+        assert label == post(live_server, "/predict", {"frames": case.frames_b64})[1]["prediction"]["label"]
+        labels.add(label)
+    assert len(labels) == 2
+    with pytest.raises(UnprocessableEntityError) as no_frames:
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "no frames"}])
+    assert "image_url parts" in no_frames.value.response.text
+    with pytest.raises(UnprocessableEntityError) as bad_url:
+        bad = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,!!!"}}]
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": bad}])
+    assert "messages[-1].frames[0]: invalid base64" in bad_url.value.response.text
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=live_server + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model="x", messages=[{"role": "user", "content": chat_content(clips[0].frames_b64)}]
+        )
 
 
-def test_schemathesis_finds_no_server_errors(live_server):
-    proc = subprocess.run(
+@pytest.mark.parametrize("n", [0, 17, True, "2"])
+def test_chat_rejects_a_bad_number_of_answers(live_server, clips, n):
+    body = {
+        "model": "x",
+        "n": n,
+        "messages": [{"role": "user", "content": chat_content(clips[0].frames_b64)}],
+    }
+    code, reply = post(live_server, "/v1/chat/completions", body)
+    assert code == 422 and "n: expected an integer in 1..16" in json.dumps(reply)
+
+
+def test_schemathesis_finds_no_server_errors(live_server, tmp_path):
+    proc = subprocess.run(  # in tmp_path: schemathesis keeps a .schemathesis/ cache in its working dir
         [
             os.path.join(os.path.dirname(sys.executable), "schemathesis"),
             "run",
@@ -283,5 +416,6 @@ def test_schemathesis_finds_no_server_errors(live_server):
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

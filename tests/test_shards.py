@@ -3,14 +3,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 
-from vlmchallenge.data.classes import OPENPACK_OPERATIONS
+from vlmchallenge.data.annotation_parser import parse_operations_csv
+from vlmchallenge.data.classes import ID_TO_CLASS, OPENPACK_OPERATIONS
 from vlmchallenge.data.pipeline import prepare
 from vlmchallenge.data.shard_writer import ShardConfig, write_session_shards
+from vlmchallenge.data.splits import SplitConfig
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -129,3 +132,53 @@ def test_default_out_dir_is_keyed_by_settings(data_cfg, tmp_path):
     data_cfg.sampler.num_frames = 8
     assert data_cfg.resolved_out_dir(tmp_path) != a
     assert a.parent == tmp_path / "shards"
+
+
+def clip_meta(split_dir: Path, prefix: str) -> dict[str, dict]:
+    """key -> json metadata of one session's samples, read back with plain webdataset."""
+    tars = sorted(str(p) for p in split_dir.glob(f"{prefix}-*.tar"))
+    return {s["__key__"]: s["json"] for s in wds.WebDataset(tars, shardshuffle=False).decode()}
+
+
+def centre_ms(meta: dict) -> int:
+    return (meta["start_ms"] + meta["end_ms"]) // 2  # what labels a window clip (label_rule=center)
+
+
+def test_edited_session_is_rebuilt_and_the_others_reused(data_cfg, synthetic_root, tmp_path):
+    """docs/architecture.md: the per-session fingerprint covers the annotation file's bytes, so an edited
+    session is rebuilt on the next prepare (no overwrite needed) while the other sessions are reused."""
+    root = tmp_path / "openpack"
+    shutil.copytree(synthetic_root, root)  # never edit the shared tree
+    # U9001 and U9002 share the train split, so a rebuild that wiped the whole split would show
+    splits = SplitConfig(train=["U9001", "U9002"], val=["U9003"], test=[], same_person=[])
+    cfg = dataclasses.replace(data_cfg, root=str(root), splits=splits)
+    first = prepare(cfg)
+    out, before = first.out_dir, tree_bytes(first.out_dir)
+    old = clip_meta(out / "train", "U9002-S0100")
+
+    # relabel the segment under the centre of one of U9002's clips: change its id and name on that CSV line
+    csv_path = root / "U9002/annotation/openpack-operations/S0100.csv"
+    seg = parse_operations_csv(csv_path).segment_at(centre_ms(sorted(old.values(), key=centre_ms)[5]))
+    new_id = 100 if seg.op_id != 100 else 200
+    lines = csv_path.read_text().split("\n")
+    fields = lines[seg.line - 1].split(",")
+    assert (fields[4], fields[5]) == (str(seg.op_id), ID_TO_CLASS[seg.op_id].name)
+    fields[4], fields[5] = str(new_id), ID_TO_CLASS[new_id].name
+    lines[seg.line - 1] = ",".join(fields)
+    csv_path.write_text("\n".join(lines))
+
+    second = prepare(cfg)
+    status = {r.key: r.record["resumed"] for r in second.sessions}
+    assert status == {"U9001-S0100": "complete", "U9002-S0100": "fresh", "U9003-S0100": "complete"}
+    after = tree_bytes(out)
+    # the other sessions' shards and done-markers are untouched
+    others = [n for n in before if n.split("/")[-1].startswith(("U9001-", "U9003-"))]
+    assert len(others) >= 4 and [n for n in others if after.get(n) != before[n]] == []
+    # the rebuilt shards carry the edit: exactly the clips centred in the segment changed label
+    new = clip_meta(out / "train", "U9002-S0100")
+    old_labels = {k: m["label_id"] for k, m in old.items()}
+    in_segment = {k for k, m in old.items() if seg.start_ms <= centre_ms(m) < seg.end_ms}
+    assert in_segment
+    assert {k: m["label_id"] for k, m in new.items()} == {
+        k: new_id if k in in_segment else y for k, y in old_labels.items()
+    }

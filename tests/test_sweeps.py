@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from tests.conftest import TINY_TRAIN_OVERRIDES
+from tests.helpers.runs import TINY_TRAIN_OVERRIDES
 
 FAST = [o for o in TINY_TRAIN_OVERRIDES] + [
     "export=false",

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,22 +64,42 @@ def test_1hz_labels_follow_end_of_slot_rule(synthetic_root):
     assert 8100 not in hz.op_ids  # gaps are forward-filled like the real files
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def jpegs(tree: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in tree.items() if k.endswith(".jpg")}
+
+
 def test_deterministic_and_reused(tmp_path):
     cfg = SyntheticConfig(users=["U9001"], boxes_per_session=1, width=64, height=48, seed=5)
     a = generate(cfg, tmp_path / "a", workers=1)
-    b = generate(cfg, tmp_path / "b", workers=1)
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
-    mtime = (a / "synthetic.json").stat().st_mtime
-    generate(cfg, tmp_path / "a", workers=1)  # same config: reused as is
-    assert (a / "synthetic.json").stat().st_mtime == mtime
-    generate(SyntheticConfig(users=["U9001"], boxes_per_session=1, width=64, height=48, seed=6), a)
-    assert (a / "synthetic.json").stat().st_mtime != mtime  # other settings: regenerated
+    before = tree_bytes(a)
+    assert tree_bytes(generate(cfg, tmp_path / "b", workers=1)) == before  # same config, same bytes
+
+    # Reuse vs regeneration is told apart by what survives, not by mtimes (coarse on some filesystems): a
+    # regeneration builds a new tree and swaps it in, so a file we add and the frames' inodes do not survive.
+    frame = next(a.rglob("*.jpg"))
+    inode = frame.stat().st_ino
+    sentinel = frame.parent / "added-by-test.txt"
+    sentinel.write_text("not generated")
+    generate(cfg, a, workers=1)  # same config: reused as is
+    assert sentinel.exists() and frame.stat().st_ino == inode
+    assert tree_bytes(a) == before | {sentinel.relative_to(a).as_posix(): b"not generated"}
+
+    other = dataclasses.replace(cfg, seed=6)
+    generate(other, a, workers=1)  # other settings: regenerated
+    assert not sentinel.exists()
+    regenerated = tree_bytes(a)
+    assert regenerated == tree_bytes(generate(other, tmp_path / "c", workers=1))  # as if made afresh
+    assert jpegs(regenerated) != jpegs(before)
+
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not synthetic")
     with pytest.raises(ValueError, match="not a synthetic dataset"):
         generate(cfg, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not synthetic"
 
 
 def test_difficulty_levels(tmp_path):

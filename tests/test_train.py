@@ -1,5 +1,5 @@
-"""End-to-end training on the tiny model: artefacts, adapter-only checkpoints, exact resume, determinism,
-export round trip, 4-bit QLoRA on CPU."""
+"""End-to-end training on the tiny model: artefacts, that it learns, adapter-only checkpoints, exact resume,
+determinism, export round trip, 4-bit QLoRA on CPU and its export."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import compose_train
+from tests.helpers.runs import compose_train
 from vlmchallenge.models.collator import PromptCollator
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.train import train
@@ -59,7 +59,37 @@ def test_train_validate_test_export(tmp_path, shared_data_dir):
         "submission.zip",
     } <= {p.name for p in (out / "eval").iterdir()}
     assert report["clip_metrics"]["f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
-    assert metrics["test/openpack_f1_macro"] == report["openpack_official"]["f1_macro"]
+    # the official score, recomputed independently from the submission file and the 1-Hz ground truth
+    assert report["openpack_official"]["f1_macro"] == pytest.approx(
+        official_f1_from_submission(out / "eval" / "submission.json", cfg.data.root), abs=1e-9
+    )
+
+
+def official_f1_from_submission(path, root) -> float:
+    """scikit-learn's macro-F1 over the 10 operations on every non-Null ground-truth second."""
+    from sklearn.metrics import f1_score
+
+    from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
+    from vlmchallenge.data.classes import NULL_ID, OPERATION_IDS
+
+    truth, pred = [], []
+    for key, sub in json.loads(path.read_text()).items():
+        if key == "meta":
+            continue
+        user, session = key.split("-")
+        gt = parse_operations_1hz_csv(f"{root}/{user}/annotation/openpack-operations-1hz/{session}.csv")
+        assert sub["unixtime"] == list(gt.unixtime_ms)
+        keep = [y != NULL_ID for y in gt.op_ids]
+        truth += [y for y, k in zip(gt.op_ids, keep, strict=True) if k]
+        pred += [y for y, k in zip(sub["prediction"], keep, strict=True) if k]
+    return f1_score(truth, pred, labels=list(OPERATION_IDS), average="macro", zero_division=0)
+
+
+def test_training_learns_two_operations(two_class_run):
+    """A short run on two synthetic operations classifies the held-out user's clips well above chance (0.5:
+    the model must also learn to never answer the 8 operations it never saw)."""
+    assert two_class_run.metrics["test/acc"] >= 0.9
+    assert two_class_run.metrics["val/acc"] >= 0.9
 
 
 def trainable_tensors(module) -> dict[str, torch.Tensor]:
@@ -167,69 +197,33 @@ def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_di
     assert math.isfinite(metrics["train/loss"])
 
 
-def test_export_cli_from_a_checkpoint(tmp_path, shared_data_dir):
-    import subprocess
-    import sys
-
+def test_qlora_export_merges_onto_an_unquantized_base(tmp_path, shared_data_dir):
+    """Merging LoRA into a 4-bit base is a silent no-op (huggingface/peft#2586): the export must merge onto the
+    full-precision base, so each merged weight equals base + scale * B @ A of the trained adapter."""
+    import bitsandbytes as bnb
+    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    _, _, objects = run(tmp_path, shared_data_dir, "cli", "export=false", "test=false")
-    ckpt = tmp_path / "train" / "runs" / "cli" / "checkpoints" / "last.ckpt"
-    # the run config must be where Hydra would have written it
-    (ckpt.parent.parent / ".hydra").mkdir(exist_ok=True)
-    from omegaconf import OmegaConf
-
-    cfg = compose_train(tmp_path / "train" / "runs" / "cli", shared_data_dir, ["export=false", "test=false"])
-    OmegaConf.save(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
-        ckpt.parent.parent / ".hydra" / "config.yaml",
-    )
-    out = tmp_path / "exported"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmchallenge.export",
-            f"ckpt={ckpt}",
-            f"out_dir={out}",
-            f"paths.log_dir={tmp_path}/logs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    merged = AutoModelForImageTextToText.from_pretrained(out)
-    assert (out / "adapter" / "adapter_model.safetensors").exists()
-    assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"
-
-
-@pytest.mark.parametrize("mode", ["score", "generate"])
-def test_evaluate_an_export_folder(tmp_path, shared_data_dir, mode):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from tests.conftest import CONF_DIR
-    from vlmchallenge.evaluate import evaluate
-
-    _, _, objects = run(tmp_path, shared_data_dir, "ev", "test=false")
-    data_overrides = [o for o in compose_train.__globals__["TINY_TRAIN_OVERRIDES"] if o.startswith("data.")]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                *data_overrides,
-                f"paths.data_dir={shared_data_dir}",
-                f"export_dir={objects['export_dir']}",
-                f"mode={mode}",
-                "loader.num_workers=0",
-            ],
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "eval")
-    report = evaluate(cfg)
-    assert report["mode"] == mode and report["clips"] > 0
-    assert 0.0 <= report["openpack_official"]["f1_macro"] <= 1.0
-    assert (tmp_path / "eval" / "submission.zip").exists()
-    if mode == "generate":
-        assert "map" not in report["clip_metrics"] and report["invalid_generations"] >= 0
+    _, _, objects = run(tmp_path, shared_data_dir, "qx", "+experiment=tiny_qlora_cpu", "test=false")
+    export = objects["export_dir"]
+    meta = json.loads((export / "vlmchallenge.json").read_text())
+    assert meta["quantized_training"] is True
+    merged = AutoModelForImageTextToText.from_pretrained(export)
+    base = AutoModelForImageTextToText.from_pretrained(meta["base_model"])
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    adapter = load_file(export / "adapter" / "adapter_model.safetensors")
+    config = json.loads((export / "adapter" / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    merged_w, base_w = merged.state_dict(), base.state_dict()
+    checked = 0
+    for name, a in adapter.items():
+        if ".lora_A." not in name:
+            continue
+        b = adapter[name.replace(".lora_A.", ".lora_B.")]
+        # adapter keys: base_model.model.<module>.lora_A.weight -> model weight key: <module>.weight
+        module = name.removeprefix("base_model.model.").split(".lora_A.")[0]
+        expected = base_w[f"{module}.weight"] + scale * (b @ a)
+        assert torch.allclose(merged_w[f"{module}.weight"], expected, atol=1e-5), module
+        assert (b @ a).abs().max() > 0  # a trained adapter: the check above is not base == base
+        checked += 1
+    assert checked > 0

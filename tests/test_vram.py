@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import compose_train
+from tests.helpers.runs import compose_train
 from vlmchallenge.models.config import LM_LINEARS, LoraSettings, ModelConfig
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 from vlmchallenge.training.architectures import model_config_for, shipped_config
@@ -56,8 +59,13 @@ def test_lora_counts_equal_what_peft_reports(shared_data_dir, modules_to_save):
     assert lora_trainable_params(arch, LM_LINEARS, 8, modules_to_save) == trainable
 
 
+@functools.cache
 def arch7b():
     return architecture_from_config(shipped_config("Qwen/Qwen2-VL-7B-Instruct"))
+
+
+def predicted(arch, setup: Setup, micro_batch: int) -> int:
+    return sum(estimate(arch, dataclasses.replace(setup, micro_batch=micro_batch)).values())
 
 
 def test_terms_sum_and_respond_to_the_knobs():
@@ -96,6 +104,48 @@ def test_plan_grows_with_the_budget_and_accumulation_is_exact():
         plan(arch, setup, 80 * GIB, 30, 4)
 
 
+# 7B QLoRA at 1024 tokens: ~14.1 GiB at micro-batch 1, ~2.5 GiB per extra sample (before the 10 % margin)
+QLORA_7B = Setup(method="qlora", seq_len=1024, vision_tokens=512)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4, 8])
+def test_plan_splits_the_global_batch_across_ranks(world_size):
+    p = plan(arch7b(), QLORA_7B, 30 * GIB, 24, world_size)
+    assert p.world_size == world_size and p.global_batch == 24
+    # per rank: micro-batch x accumulation is this rank's share, and all ranks together make the global batch
+    assert p.micro_batch * p.accumulate == 24 // world_size
+    assert p.micro_batch * p.accumulate * p.world_size == 24
+
+
+def test_plan_on_two_ranks_still_accumulates():
+    # 30 GiB fits micro-batch 6 at most; each of 2 ranks owes 12 of the 24 samples: 6 x 2 (not 6 x 4)
+    p = plan(arch7b(), QLORA_7B, 30 * GIB, 24, 2)
+    assert (p.micro_batch, p.accumulate, p.world_size) == (6, 2, 2)
+
+
+@pytest.mark.parametrize(("global_batch", "world_size"), [(24, 5), (25, 2), (6, 4)])
+def test_global_batch_not_divisible_by_world_size_is_refused(global_batch, world_size):
+    with pytest.raises(ValueError, match=f"global batch {global_batch} is not divisible by world size"):
+        plan(arch7b(), QLORA_7B, 80 * GIB, global_batch, world_size)
+
+
+@pytest.mark.parametrize("budget_gib", [16, 20, 24, 30, 45, 80, 200])
+def test_plan_picks_the_largest_micro_batch_that_fits(budget_gib):
+    """Per rank 12 samples: admissible micro-batches are its divisors 1, 2, 3, 4, 6, 12. The budgets put the
+    limit at or between divisors (16 GiB: 1; 20: 2, or 3 without the margin; 30: 6, past the non-divisor 5;
+    45: 6 while 11 would fit, or 12 without the margin) and above all of them (80, 200: 12)."""
+    arch, budget, per_rank = arch7b(), budget_gib * GIB, 12
+    p = plan(arch, QLORA_7B, budget, 2 * per_rank, 2)
+    usable = budget * (1 - 0.10)
+    assert p.predicted_bytes == predicted(arch, QLORA_7B, p.micro_batch) <= usable
+    assert per_rank % p.micro_batch == 0 and p.micro_batch * p.accumulate == per_rank
+    larger = [b for b in range(p.micro_batch + 1, per_rank + 1) if per_rank % b == 0]
+    if larger:  # the next admissible micro-batch would not have fitted
+        assert predicted(arch, QLORA_7B, larger[0]) > usable
+    else:
+        assert p.micro_batch == per_rank
+
+
 def test_error_lists_largest_terms_and_remedies():
     with pytest.raises(
         DoesNotFitError, match=r"micro-batch 1 needs .* GiB.*Largest terms: activations.*QLoRA.*checkpointing"
@@ -114,26 +164,47 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
+class BatchSizeRecorder(pl.Callback):
+    """Records the size of every micro-batch the model is given (added through the `callbacks:` config)."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.sizes.append(int(batch["input_ids"].shape[0]))
+
+
 def test_callback_sets_micro_batch_and_accumulation_before_loaders(tmp_path, shared_data_dir, _clear_hydra):
     from vlmchallenge.train import train
 
+    # The tiny model is predicted at ~5.4 MiB for micro-batch 1 plus ~2.4 MiB per extra sample (CPU: no CUDA
+    # context); 0.01 GiB less the 10 % margin (9.2 MiB) fits micro-batch 2 but not 3, so a global batch of 8
+    # becomes 2 x 4, unlike both loader.batch_size (4) and Lightning's default accumulation (1).
     cfg = compose_train(
         tmp_path / "train" / "runs" / "v",
         shared_data_dir,
         [
-            "vram.budget_gib=1",
+            "vram.budget_gib=0.01",
             "vram.global_batch_size=8",
             "test=false",
             "export=false",
-            "trainer.limit_train_batches=2",
+            "trainer.limit_train_batches=8",
+            "trainer.limit_val_batches=1",
+            f"+callbacks.batch_sizes._target_={__name__}.BatchSizeRecorder",
         ],
         log_dir=tmp_path,
     )
     _, objects = train(cfg)
-    planner = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "VRAMPlanner")
-    assert planner.plan.micro_batch * planner.plan.accumulate == 8
-    assert objects["datamodule"].batch_size == planner.plan.micro_batch
-    assert objects["trainer"].accumulate_grad_batches == planner.plan.accumulate
+    trainer = objects["trainer"]
+    planner = next(c for c in trainer.callbacks if type(c).__name__ == "VRAMPlanner")
+    recorder = next(c for c in trainer.callbacks if type(c).__name__ == "BatchSizeRecorder")
+    assert (planner.plan.micro_batch, planner.plan.accumulate) == (2, 4)
+    assert objects["datamodule"].batch_size == 2
+    assert trainer.accumulate_grad_batches == 4
+    # the train loader was built with the planned micro-batch, not loader.batch_size (4) ...
+    assert recorder.sizes == [2] * 8
+    # ... and Lightning stepped the optimizer once per 4 micro-batches
+    assert trainer.global_step == 8 // 4
 
 
 def test_cli_prints_a_plan_without_downloading(tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmchallenge.data.annotation_parser import OperationAnnotation
-from vlmchallenge.data.classes import NULL_ID
+from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID
 
 
 @dataclass
@@ -28,6 +28,8 @@ class ClipConfig:
     label_rule: str = "center"  # center | majority
     keep_null: bool = False
     min_frames: int = 4
+    # keep only clips of these operation ids (e.g. [100, 300] for a quick two-class check); null = all
+    operations: list[int] | None = None
 
     def validate(self) -> None:
         if self.mode not in ("segment", "window"):
@@ -42,6 +44,12 @@ class ClipConfig:
             raise ValueError(f"clips.max_duration_s must be > 0 or null, got {self.max_duration_s}")
         if self.min_frames < 1:
             raise ValueError(f"clips.min_frames must be >= 1, got {self.min_frames}")
+        if self.operations is not None:
+            unknown = sorted(set(self.operations) - set(ID_TO_CLASS))
+            if unknown or not self.operations:
+                raise ValueError(
+                    f"clips.operations: expected a non-empty list of OpenPack operation ids, got {self.operations}"
+                )
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,9 @@ def build_clips(ann: OperationAnnotation, timestamps_ms: np.ndarray, cfg: ClipCo
 
     def emit(label: int, box: int, start: int, end: int) -> None:
         lo, hi = frames_in(timestamps_ms, start, end)
-        if hi - lo == 0:
+        if cfg.operations is not None and label not in cfg.operations:
+            result.skipped["excluded_operation"] += 1
+        elif hi - lo == 0:
             result.skipped["no_frames"] += 1
         elif hi - lo < cfg.min_frames:
             result.skipped[f"fewer_than_{cfg.min_frames}_frames"] += 1

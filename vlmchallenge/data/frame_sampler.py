@@ -129,9 +129,19 @@ class FrameSampler:
         Image.fromarray(pixels).save(buf, format="JPEG", quality=self.cfg.jpeg_quality)
         return buf.getvalue()
 
+    def as_trained(self, image: Image.Image) -> np.ndarray:
+        """One client frame -> the pixels training saw for the same file: the same DCT-scaled JPEG decode, crop
+        and resize as `prepare`, then the shards' JPEG round trip. Pass an image opened but not yet loaded, so
+        a JPEG can still be draft-decoded."""
+        source_size = image.size
+        if image.format == "JPEG":
+            image.draft("RGB", self.draft_size(*source_size))
+        with Image.open(io.BytesIO(self.encode(self.process(image, source_size)))) as stored:
+            return np.asarray(stored.convert("RGB"))
+
     def sample_images(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """Serving path: choose frames evenly from an untimed list and process them (uint8 (H, W, 3) each)."""
-        return [self.process(images[i]) for i in self.select_evenly(len(images))]
+        """Serving path: choose frames evenly from an untimed list, each as training saw it (uint8 (H, W, 3))."""
+        return [self.as_trained(images[i]) for i in self.select_evenly(len(images))]
 
 
 class SessionFrameCache:

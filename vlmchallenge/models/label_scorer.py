@@ -99,28 +99,36 @@ class LabelScorer:
 
     @torch.no_grad()
     def score_naive(self, model, batch: dict) -> torch.Tensor:
-        """Reference: one full forward per (clip, class). Slow; used by tests and bench/scoring.py."""
-        lengths = batch["attention_mask"].sum(1).tolist()
-        out = torch.empty(len(lengths), self.num_classes)
-        for row in range(len(lengths)):
-            enc = select_rows(batch, [row])
+        """Reference: one full forward per (clip, class). Slow; used by tests and bench/scoring.py.
+
+        Deliberately shares no code with `score`: each row is cut out of the batch here (its own left padding
+        dropped by the attention mask, its own video patches found by counting patches per clip)."""
+        patches_per_clip = batch["video_grid_thw"].prod(-1).tolist()
+        out = torch.empty(len(patches_per_clip), self.num_classes)
+        for row in range(len(patches_per_clip)):
+            real = batch["attention_mask"][row].bool()
+            prompt_ids = batch["input_ids"][row][real][None]
+            mm_types = batch["mm_token_type_ids"][row][real][None] if "mm_token_type_ids" in batch else None
+            first_patch = sum(patches_per_clip[:row])
+            pixels = batch["pixel_values_videos"][first_patch : first_patch + patches_per_clip[row]]
+            grid = batch["video_grid_thw"][row : row + 1]
+            p = prompt_ids.shape[1]
             for c in range(self.num_classes):
-                answer = self.answers[c, : self.lengths[c]].to(enc["input_ids"].device)[None]
-                ids = torch.cat([enc["input_ids"], answer], 1)
-                mm = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(answer)], 1)
-                logits = (
-                    model(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        mm_token_type_ids=mm,
-                        pixel_values_videos=enc["pixel_values_videos"],
-                        video_grid_thw=enc["video_grid_thw"],
-                    )
-                    .logits.float()
-                    .log_softmax(-1)
-                )
-                p = enc["input_ids"].shape[1]
-                out[row, c] = logits[0, p - 1 : p - 1 + answer.shape[1]].gather(-1, answer[0, :, None]).sum()
+                answer = self.answers[c, : self.lengths[c]].to(prompt_ids.device)[None]
+                ids = torch.cat([prompt_ids, answer], 1)
+                extra = {}
+                if mm_types is not None:  # the answer is text: type 0
+                    extra["mm_token_type_ids"] = torch.cat([mm_types, torch.zeros_like(answer)], 1)
+                logits = model(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pixel_values_videos=pixels,
+                    video_grid_thw=grid,
+                    **extra,
+                ).logits.float()
+                # the token at position i is predicted by the logits at i - 1
+                log_probs = logits[0, p - 1 : p - 1 + answer.shape[1]].log_softmax(-1)
+                out[row, c] = log_probs.gather(-1, answer[0, :, None]).sum()
         return out
 
 

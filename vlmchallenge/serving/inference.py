@@ -30,12 +30,11 @@ class BadInput(ValueError):
 
 
 def decode_image(data: bytes, what: str) -> Image.Image:
+    """Open (not yet decode) an image: the sampler decodes only the frames it picks, JPEGs at reduced size."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        return Image.open(io.BytesIO(data))
     except Exception:  # PIL raises many types for non-images
         raise BadInput(f"{what}: not a decodable JPEG/PNG image") from None
-    return image.convert("RGB")
 
 
 def decode_video(data: bytes, max_frames_read: int) -> list[Image.Image]:
@@ -108,7 +107,10 @@ class VLMInference:
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise BadInput(f"all frames of a clip must have the same size, got {sorted(sizes)}")
-        return np.stack(self.sampler.sample_images(images))
+        try:
+            return np.stack(self.sampler.sample_images(images))
+        except OSError as e:  # truncated or corrupt image data, found when a chosen frame is decoded
+            raise BadInput(f"a frame could not be decoded: {e}") from None
 
     @torch.inference_mode()
     def predict_batch(self, clips: list[np.ndarray]) -> list[dict]:

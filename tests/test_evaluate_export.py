@@ -1,0 +1,127 @@
+"""The evaluator and the export CLI on a trained run (`two_class_run`): they reproduce what the training run's
+own test stage measured, and refuse inputs that would give wrong numbers."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.helpers.runs import TINY_TRAIN_OVERRIDES, TWO_CLASS_OVERRIDES, compose_evaluate, data_overrides
+from vlmchallenge.evaluate import evaluate
+
+DATA = data_overrides(TINY_TRAIN_OVERRIDES + TWO_CLASS_OVERRIDES)
+
+
+def read_rows(path):
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def evaluate_cfg(run, out, *overrides):
+    return compose_evaluate(
+        out, [*DATA, f"paths.data_dir={run.data_dir}", "loader.num_workers=0", *overrides]
+    )
+
+
+def best_checkpoint(run):
+    return run.objects["trainer"].checkpoint_callback.best_model_path
+
+
+def save_run_config(run, ckpt):
+    """Where Hydra writes a run's config: <run dir>/.hydra/config.yaml, next to checkpoints/."""
+    hydra_dir = ckpt.parent.parent / ".hydra"
+    hydra_dir.mkdir(exist_ok=True)
+    OmegaConf.save(
+        OmegaConf.masked_copy(run.cfg, [k for k in run.cfg if k != "hydra"]), hydra_dir / "config.yaml"
+    )
+
+
+def test_evaluating_the_export_reproduces_the_training_test_stage(two_class_run, tmp_path):
+    report = evaluate(
+        evaluate_cfg(two_class_run, tmp_path, f"export_dir={two_class_run.objects['export_dir']}")
+    )
+    metrics = two_class_run.metrics
+    assert report["clips"] == len(two_class_run.objects["module"].test_predictions)
+    assert report["clip_metrics"]["acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert report["openpack_official"]["f1_macro"] == pytest.approx(
+        metrics["test/openpack_f1_macro"], abs=1e-9
+    )
+
+
+def test_evaluating_a_checkpoint_equals_evaluating_its_export(two_class_run, tmp_path):
+    from pathlib import Path
+
+    ckpt = Path(best_checkpoint(two_class_run))
+    save_run_config(two_class_run, ckpt)
+    by_ckpt = evaluate(evaluate_cfg(two_class_run, tmp_path / "c", f"ckpt={ckpt}"))
+    by_export = evaluate(
+        evaluate_cfg(two_class_run, tmp_path / "e", f"export_dir={two_class_run.objects['export_dir']}")
+    )
+    assert by_ckpt["clip_metrics"] == pytest.approx(by_export["clip_metrics"], abs=1e-5)
+    rows = [read_rows(tmp_path / d / "predictions.csv") for d in ("c", "e")]
+    assert [r["pred_id"] for r in rows[0]] == [r["pred_id"] for r in rows[1]]
+
+
+def test_generate_mode_counts_invalid_answers(two_class_run, tmp_path):
+    export = two_class_run.objects["export_dir"]
+    report = evaluate(evaluate_cfg(two_class_run, tmp_path, f"export_dir={export}", "mode=generate"))
+    rows = read_rows(tmp_path / "predictions.csv")
+    assert report["mode"] == "generate" and "map" not in report["clip_metrics"]
+    assert report["invalid_generations"] == sum(r["pred_id"] == "" for r in rows)
+    valid = [r for r in rows if r["pred_id"]]
+    assert report["clip_metrics"]["acc"] == pytest.approx(
+        sum(r["pred_id"] == r["target_id"] for r in rows) / len(rows), abs=1e-6
+    )
+    assert all(r["pred"] == r["generated"].strip() for r in valid)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.sampler.num_frames=8"], "trained with sampler settings"),
+        (["ckpt=x.ckpt", "export_dir=y"], "exactly one of ckpt"),
+        ([], "exactly one of ckpt"),
+    ],
+)
+def test_evaluate_refuses_ambiguous_or_mismatched_inputs(two_class_run, tmp_path, overrides, message):
+    if overrides and overrides[0].startswith("data."):
+        overrides = [*overrides, f"export_dir={two_class_run.objects['export_dir']}"]
+    with pytest.raises(ValueError, match=message):
+        evaluate(evaluate_cfg(two_class_run, tmp_path, *overrides))
+
+
+def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
+    """`python -m vlmchallenge.export ckpt=...` writes a model that scores the test clips as the checkpoint did."""
+    from pathlib import Path
+
+    from transformers import AutoModelForImageTextToText
+
+    ckpt = Path(best_checkpoint(two_class_run))
+    save_run_config(two_class_run, ckpt)
+    out = tmp_path / "exported"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmchallenge.export",
+            f"ckpt={ckpt}",
+            f"out_dir={out}",
+            f"paths.log_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    exported = AutoModelForImageTextToText.from_pretrained(out).eval()
+    module, dm = two_class_run.objects["module"], two_class_run.objects["datamodule"]
+    module.model.eval()
+    batch = next(iter(dm.test_dataloader()))
+    expected = torch.tensor([p["probs"] for p in module.test_predictions[: len(batch["class_index"])]])
+    got = module.scorer.score(exported, batch).softmax(1)
+    assert torch.allclose(got, expected, atol=1e-5)
