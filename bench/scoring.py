@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from benchdoc import update_section  # noqa: E402
 from train_step import compose_default  # noqa: E402
 
-from vlmchallenge.train import build_components  # noqa: E402
+from vlmchallenge.assembly import assemble, settings_from_config  # noqa: E402
 
 TARGET_SPEEDUP, TARGET_DIFF = 5.0, 1e-4
 
@@ -50,9 +50,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--write", action="store_true")
     a = p.parse_args()
-    cfg = compose_default(a.data_dir, [f"loader.eval_batch_size={a.batch}", "loader.num_workers=0"])
+    cfg = compose_default(a.data_dir, [f"dataloader.eval_batch_size={a.batch}", "dataloader.num_workers=0"])
     torch.manual_seed(0)
-    *_, datamodule, module = build_components(cfg)
+    parts = assemble(settings_from_config(cfg), "evaluate")
+    datamodule, module = parts.datamodule, parts.module
     datamodule.prepare_data()
     datamodule.setup("test")
     module.configure_model()

@@ -32,7 +32,7 @@ from benchdoc import update_section  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from vlmchallenge.train import build_components  # noqa: E402
+from vlmchallenge.assembly import assemble, settings_from_config  # noqa: E402
 
 TARGET_OVERHEAD, TARGET_SUPPLY = 1.10, 5.0
 
@@ -62,7 +62,7 @@ class StepTimer(pl.Callback):
 
 
 def lightning_step_time(cfg, batch, steps: int, warmup: int) -> float:
-    *_, module = build_components(cfg)
+    module = assemble(settings_from_config(cfg), "fit").module
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -83,7 +83,7 @@ def lightning_step_time(cfg, batch, steps: int, warmup: int) -> float:
 
 
 def bare_step_time(cfg, batch, steps: int, warmup: int) -> float:
-    *_, module = build_components(cfg)
+    module = assemble(settings_from_config(cfg), "fit").module
     module.configure_model()
     model = module.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -129,12 +129,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--write", action="store_true")
     p.add_argument(
-        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. loader.num_workers=2"
+        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. dataloader.num_workers=2"
     )
     a = p.parse_args()
     cfg = compose_default(a.data_dir, a.overrides)
     pl.seed_everything(0)
-    *_, datamodule, _ = build_components(cfg)
+    datamodule = assemble(settings_from_config(cfg), "fit").datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
@@ -158,7 +158,7 @@ def main() -> None:
         f"Python {platform.python_version()}, torch {torch.__version__}, CPU.",
         f"- Config: default `conf/train.yaml` (tiny Qwen2-VL, LoRA + modules_to_save, synthetic shards), "
         f"micro-batch {bs}, sequence {batch['input_ids'].shape[1]} tokens, loader workers "
-        f"{cfg.loader.num_workers}; {a.steps} steps after {a.warmup} warm-up, median of {a.repeats}.",
+        f"{cfg.dataloader.num_workers}; {a.steps} steps after {a.warmup} warm-up, median of {a.repeats}.",
         "",
         "| measurement | value | runs |",
         "|---|---:|---|",

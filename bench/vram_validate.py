@@ -32,7 +32,7 @@ from vlmchallenge.models.adapters import apply_adapters  # noqa: E402
 from vlmchallenge.models.config import LoraSettings, ModelConfig, QuantizationSettings  # noqa: E402
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl  # noqa: E402
 from vlmchallenge.training.architectures import shipped_config  # noqa: E402
-from vlmchallenge.training.vram_math import GIB, Setup, architecture_from_config, estimate  # noqa: E402
+from vlmchallenge.training.vram_math import GIB, FootprintInputs, architecture_from_config, estimate  # noqa: E402
 
 MODELS = ["Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"]
 
@@ -135,7 +135,7 @@ def main() -> None:
                             enabled=method == "qlora", compute_dtype="bfloat16"
                         ),
                     )
-                    setup = Setup(
+                    setup = FootprintInputs(
                         method=method,
                         seq_len=seq,
                         vision_tokens=vision,

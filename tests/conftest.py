@@ -16,6 +16,7 @@ from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.shard_writer import ShardConfig
 from vlmchallenge.data.splits import SplitConfig
 from vlmchallenge.data.synthetic import SyntheticConfig, generate
+from vlmchallenge.workflows import TrainResult
 
 SMALL_SYNTHETIC = SyntheticConfig(
     users=["U9001", "U9002", "U9003"], sessions=["S0100"], boxes_per_session=1, width=112, height=64, seed=3
@@ -42,6 +43,17 @@ def data_cfg(synthetic_root, tmp_path) -> DataConfig:
     )
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 # ---------------------------------------------------------------- training fixtures
 
 
@@ -55,7 +67,7 @@ def shared_data_dir(tmp_path_factory) -> Path:
 class TrainedRun:
     cfg: DictConfig
     metrics: dict
-    objects: dict  # trainer, module, datamodule, export_dir
+    objects: TrainResult  # .components (trainer, module, datamodule...), .export_dir
     data_dir: Path
 
 
@@ -64,12 +76,12 @@ def two_class_run(tmp_path_factory) -> TrainedRun:
     """The tiny model trained on two synthetic operations until it tells them apart, tested and exported."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from vlmchallenge.train import train
+    from vlmchallenge.workflows import train
 
     root = tmp_path_factory.mktemp("two_class")
     cfg = compose_train(root / "train" / "runs" / "run", root / "data", TWO_CLASS_OVERRIDES, log_dir=root)
     try:
-        metrics, objects = train(cfg)
+        result = train(cfg)
     finally:
         GlobalHydra.instance().clear()
-    return TrainedRun(cfg, metrics, objects, root / "data")
+    return TrainedRun(cfg, result.metrics, result, root / "data")

@@ -8,12 +8,13 @@ import torch
 
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.models.adapters import apply_adapters
-from vlmchallenge.models.collator import IGNORE_INDEX, Example, PromptCollator, TrainCollator, vision_tokens
+from vlmchallenge.models.collator import IGNORE_INDEX, Example, PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_base_model, load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
+from vlmchallenge.models.video_geometry import vision_tokens
 
 # Both frame sizes used below lie on the 28-px grid inside [min_pixels, max_pixels], so the processor keeps them:
 # 84x112 -> (4/2) x 3 x 4 = 24 vision tokens per 4-frame clip, 56x112 -> (4/2) x 2 x 4 = 16.

@@ -10,9 +10,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import vlmchallenge.conf_schema  # noqa: F401
+from vlmchallenge.assembly import as_dataclass
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig, OptimConfig
-from vlmchallenge.train import typed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -34,12 +34,12 @@ def test_expected_experiments_ship():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_compose(experiment):
     cfg = compose_train(
-        [f"+experiment={experiment}", "data.root=/data/openpack/v1.0.0", "paths.output_dir=/tmp/x"]
+        [f"experiment={experiment}", "data.root=/data/openpack/v1.0.0", "paths.output_dir=/tmp/x"]
     )
-    model = typed(ModelConfig, cfg.model)
+    model = as_dataclass(ModelConfig, cfg.model)
     model.validate()
-    typed(OptimConfig, cfg.optim)
-    typed(DataConfig, cfg.data).validate()
+    as_dataclass(OptimConfig, cfg.optim)
+    as_dataclass(DataConfig, cfg.data).validate()
     if "qlora" in experiment:
         assert model.quantization.enabled and model.lora.enabled
         assert (
@@ -48,12 +48,23 @@ def test_experiments_compose(experiment):
     if experiment.startswith("qwen"):
         assert model.pretrained.startswith("Qwen/") and model.tiny is None
         assert not model.lora.modules_to_save  # real models: plain LoRA on the LM
+        # the shared real-data part (experiment/common/openpack_gpu.yaml) reached every real experiment
+        assert cfg.data.name == "openpack" and cfg.trainer.accelerator == "gpu"
+        assert (cfg.optim.lr, cfg.dataloader.batch_size, cfg.vram.global_batch_size) == (1e-4, 2, 16)
+        optimizer = as_dataclass(OptimConfig, cfg.optim).optimizer_class
+        assert optimizer == ("PagedAdamW8bit" if "qlora" in experiment else "AdamW")
+        assert model.quantization.enabled == ("qlora" in experiment)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_model_presets_compose(model):
     cfg = compose_train([f"model={model}", "paths.output_dir=/tmp/x"])
-    typed(ModelConfig, cfg.model).validate()
+    preset = as_dataclass(ModelConfig, cfg.model)
+    preset.validate()
+    if model.startswith("qwen"):  # the shared pretrained part (model/common/pretrained_vlm.yaml)
+        assert (preset.dtype, preset.gradient_checkpointing, preset.tiny) == ("bfloat16", True, None)
+    else:
+        assert preset.tiny is not None and preset.tiny.hidden_size == 64
 
 
 def test_hparams_search_and_debug_compose():
@@ -71,7 +82,7 @@ def test_hparams_search_and_debug_compose():
         ("model.lora.rank=8", "Key 'rank' not in 'LoraSettings'"),
         ("model.lora.r=eight", "could not be converted to Integer"),
         ("optim.lr=fast", "could not be converted to Float"),
-        ("loader.batch_sise=4", "Key 'batch_sise' not in 'LoaderConfig'"),
+        ("dataloader.batch_sise=4", "Key 'batch_sise' not in 'DataLoaderConfig'"),
     ],
 )
 def test_typos_and_wrong_types_fail_at_composition(override, message):
@@ -80,13 +91,19 @@ def test_typos_and_wrong_types_fail_at_composition(override, message):
     assert message in str(e.value.__cause__)
 
 
-def test_experiment_needs_plus_prefix():
-    with pytest.raises(ConfigCompositionException, match=r"\+experiment"):
-        compose_train(["experiment=tiny_cpu"])
+def test_experiment_and_plus_experiment_both_select_an_experiment():
+    from vlmchallenge.utils.cli import accept_plus_experiment
+
+    assert compose_train(["experiment=tiny_qlora_cpu"]).model.quantization.enabled
+    # Hydra refuses `+experiment=x` next to the `experiment: null` default; the entry points drop the `+`
+    with pytest.raises(ConfigCompositionException, match="Multiple values for experiment"):
+        compose_train(["+experiment=tiny_qlora_cpu"])
+    argv = accept_plus_experiment(["prog", "+experiment=tiny_qlora_cpu", "+callbacks.x=1", "-m"])
+    assert argv == ["prog", "experiment=tiny_qlora_cpu", "+callbacks.x=1", "-m"]
 
 
 def test_lora_lists_stay_plain_for_peft():
     cfg = compose_train([])
-    model = typed(ModelConfig, cfg.model)
+    model = as_dataclass(ModelConfig, cfg.model)
     assert type(model.lora.modules_to_save) is list  # a ListConfig would break peft's JSON save (peft#567)
     assert OmegaConf.is_config(cfg.model)

@@ -9,8 +9,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from vlmchallenge.data.datamodule import ShardDataModule
 from vlmchallenge.data.pipeline import prepare
+from vlmchallenge.training.config import DataLoaderConfig
+from vlmchallenge.training.datamodule import ShardDataModule
 
 
 def keys_only(examples):
@@ -25,7 +26,9 @@ def prepared(data_cfg):
 
 
 def make_dm(cfg, **kw):
-    dm = ShardDataModule(cfg, train_collate=keys_only, eval_collate=keys_only, **kw)
+    seed = kw.pop("seed", 0)
+    loader = DataLoaderConfig(**{"class_balance": 0.0, **kw})
+    dm = ShardDataModule(cfg, loader, seed=seed, train_collate=keys_only, eval_collate=keys_only)
     dm.setup("fit")
     return dm
 
@@ -85,7 +88,9 @@ def test_each_epoch_streams_its_own_batches_whatever_came_before(prepared):
 
 def test_examples_carry_frames_label_and_metadata(data_cfg):
     prepare(data_cfg)
-    dm = ShardDataModule(data_cfg, eval_collate=lambda xs: xs, num_workers=0, eval_batch_size=2)
+    dm = ShardDataModule(
+        data_cfg, DataLoaderConfig(num_workers=0, eval_batch_size=2), eval_collate=lambda xs: xs
+    )
     dm.setup("test")
     ex = next(iter(dm.test_dataloader()))[0]
     assert ex.frames.shape == (4, 56, 112, 3) and ex.frames.dtype.name == "uint8"
@@ -94,13 +99,13 @@ def test_examples_carry_frames_label_and_metadata(data_cfg):
 
 
 def test_missing_shards_give_a_clear_error(data_cfg):
-    dm = ShardDataModule(data_cfg)
+    dm = ShardDataModule(data_cfg, DataLoaderConfig())
     with pytest.raises(FileNotFoundError, match="run `python -m vlmchallenge.prepare`"):
         dm.setup("fit")
 
 
 def test_class_balance_repeat_factors():
-    from vlmchallenge.data.datamodule import class_repeat_factors
+    from vlmchallenge.training.datamodule import class_repeat_factors
 
     full = class_repeat_factors({"Picking": 400, "Put on Back Table": 25, "Null": 0}, alpha=1.0)
     assert full == {0: 1.0, 8: 16.0}
@@ -113,19 +118,17 @@ def test_balanced_stream_evens_out_class_frequencies(prepared):
     from collections import Counter
 
     def labels(balance):
-        dm = ShardDataModule(
-            prepared,
-            train_collate=lambda xs: [x.label for x in xs],
-            num_workers=0,
-            batch_size=4,
-            class_balance=balance,
-            seed=3,
-        )
+        loader = DataLoaderConfig(num_workers=0, batch_size=4, class_balance=balance)
+        dm = ShardDataModule(prepared, loader, seed=3, train_collate=lambda xs: [x.label for x in xs])
         dm.setup("fit")
-        return Counter(y for _ in range(3) for b in dm.train_dataloader() for y in b)
+        counts = Counter()
+        for epoch in range(12):  # resampling shards with replacement is noisy: average over epochs
+            dm.load_state_dict({"next_train_epoch": epoch})
+            counts.update(y for b in dm.train_dataloader() for y in b)
+        return counts
 
     natural, balanced = labels(0.0), labels(1.0)
     spread = lambda c: max(c.values()) / min(c.values())  # noqa: E731
     assert spread(balanced) < spread(natural)
     with pytest.raises(ValueError, match="class_balance"):
-        ShardDataModule(prepared, class_balance=2.0)
+        ShardDataModule(prepared, DataLoaderConfig(class_balance=2.0))

@@ -4,15 +4,16 @@ own test stage measured, and refuse inputs that would give wrong numbers."""
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from tests.helpers.runs import TINY_TRAIN_OVERRIDES, TWO_CLASS_OVERRIDES, compose_evaluate, data_overrides
-from vlmchallenge.evaluate import evaluate
+from vlmchallenge.workflows import evaluate
 
 DATA = data_overrides(TINY_TRAIN_OVERRIDES + TWO_CLASS_OVERRIDES)
 
@@ -23,51 +24,49 @@ def read_rows(path):
 
 def evaluate_cfg(run, out, *overrides):
     return compose_evaluate(
-        out, [*DATA, f"paths.data_dir={run.data_dir}", "loader.num_workers=0", *overrides]
+        out, [*DATA, f"paths.data_dir={run.data_dir}", "dataloader.num_workers=0", *overrides]
     )
 
 
 def best_checkpoint(run):
-    return run.objects["trainer"].checkpoint_callback.best_model_path
+    return run.objects.components.trainer.checkpoint_callback.best_model_path
 
 
-def save_run_config(run, ckpt):
-    """Where Hydra writes a run's config: <run dir>/.hydra/config.yaml, next to checkpoints/."""
-    hydra_dir = ckpt.parent.parent / ".hydra"
-    hydra_dir.mkdir(exist_ok=True)
-    OmegaConf.save(
-        OmegaConf.masked_copy(run.cfg, [k for k in run.cfg if k != "hydra"]), hydra_dir / "config.yaml"
-    )
+def checkpoint_alone(run, tmp_path) -> Path:
+    """The run's best checkpoint copied into an empty folder: no Hydra run dir, no config beside it."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    return Path(shutil.copy(best_checkpoint(run), alone / "model.ckpt"))
 
 
 def test_evaluating_the_export_reproduces_the_training_test_stage(two_class_run, tmp_path):
-    report = evaluate(
-        evaluate_cfg(two_class_run, tmp_path, f"export_dir={two_class_run.objects['export_dir']}")
-    )
+    report = evaluate(evaluate_cfg(two_class_run, tmp_path, f"export_dir={two_class_run.objects.export_dir}"))
     metrics = two_class_run.metrics
-    assert report["clips"] == len(two_class_run.objects["module"].test_predictions)
+    assert report["clips"] == len(two_class_run.objects.components.module.test_predictions)
     assert report["clip_metrics"]["acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert report["openpack_official"]["f1_macro"] == pytest.approx(
         metrics["test/openpack_f1_macro"], abs=1e-9
     )
 
 
-def test_evaluating_a_checkpoint_equals_evaluating_its_export(two_class_run, tmp_path):
-    from pathlib import Path
-
-    ckpt = Path(best_checkpoint(two_class_run))
-    save_run_config(two_class_run, ckpt)
-    by_ckpt = evaluate(evaluate_cfg(two_class_run, tmp_path / "c", f"ckpt={ckpt}"))
+def test_a_checkpoint_alone_evaluates_like_its_export_and_takes_overrides(two_class_run, tmp_path):
+    ckpt = checkpoint_alone(two_class_run, tmp_path)
+    by_ckpt = evaluate(evaluate_cfg(two_class_run, tmp_path / "c", f"ckpt={ckpt}"), overrides=[])
     by_export = evaluate(
-        evaluate_cfg(two_class_run, tmp_path / "e", f"export_dir={two_class_run.objects['export_dir']}")
+        evaluate_cfg(two_class_run, tmp_path / "e", f"export_dir={two_class_run.objects.export_dir}")
     )
     assert by_ckpt["clip_metrics"] == pytest.approx(by_export["clip_metrics"], abs=1e-5)
     rows = [read_rows(tmp_path / d / "predictions.csv") for d in ("c", "e")]
     assert [r["pred_id"] for r in rows[0]] == [r["pred_id"] for r in rows[1]]
+    # the checkpoint's own data settings, with a command-line override on top: windows every 2 s, not 1 s
+    sparser = evaluate(
+        evaluate_cfg(two_class_run, tmp_path / "s", f"ckpt={ckpt}"), overrides=["data.clips.stride_s=2.0"]
+    )
+    assert sparser["clips"] < by_ckpt["clips"]
 
 
 def test_generate_mode_counts_invalid_answers(two_class_run, tmp_path):
-    export = two_class_run.objects["export_dir"]
+    export = two_class_run.objects.export_dir
     report = evaluate(evaluate_cfg(two_class_run, tmp_path, f"export_dir={export}", "mode=generate"))
     rows = read_rows(tmp_path / "predictions.csv")
     assert report["mode"] == "generate" and "map" not in report["clip_metrics"]
@@ -89,19 +88,17 @@ def test_generate_mode_counts_invalid_answers(two_class_run, tmp_path):
 )
 def test_evaluate_refuses_ambiguous_or_mismatched_inputs(two_class_run, tmp_path, overrides, message):
     if overrides and overrides[0].startswith("data."):
-        overrides = [*overrides, f"export_dir={two_class_run.objects['export_dir']}"]
+        overrides = [*overrides, f"export_dir={two_class_run.objects.export_dir}"]
     with pytest.raises(ValueError, match=message):
         evaluate(evaluate_cfg(two_class_run, tmp_path, *overrides))
 
 
 def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
-    """`python -m vlmchallenge.export ckpt=...` writes a model that scores the test clips as the checkpoint did."""
-    from pathlib import Path
-
+    """`python -m vlmchallenge.export ckpt=...` on a checkpoint alone writes a model that scores the test clips
+    as the checkpoint did."""
     from transformers import AutoModelForImageTextToText
 
-    ckpt = Path(best_checkpoint(two_class_run))
-    save_run_config(two_class_run, ckpt)
+    ckpt = checkpoint_alone(two_class_run, tmp_path)
     out = tmp_path / "exported"
     proc = subprocess.run(
         [
@@ -119,7 +116,7 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     exported = AutoModelForImageTextToText.from_pretrained(out).eval()
-    module, dm = two_class_run.objects["module"], two_class_run.objects["datamodule"]
+    module, dm = two_class_run.objects.components.module, two_class_run.objects.components.datamodule
     module.model.eval()
     batch = next(iter(dm.test_dataloader()))
     expected = torch.tensor([p["probs"] for p in module.test_predictions[: len(batch["class_index"])]])

@@ -27,13 +27,13 @@ from PIL import Image
 
 from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.frame_source import JpegFolderSource
-from vlmchallenge.serve import build_server
 from vlmchallenge.serving.inference import VLMInference, decode_image
+from vlmchallenge.serving.server import build_server
 
 
 @pytest.fixture(scope="module")
 def export_dir(two_class_run):
-    return two_class_run.objects["export_dir"]
+    return two_class_run.objects.export_dir
 
 
 @dataclass
@@ -48,10 +48,10 @@ class ClipCase:
 @pytest.fixture(scope="module")
 def clips(two_class_run) -> list[ClipCase]:
     """Three clips of each trained operation, predicted as different classes by the trained model."""
-    names = two_class_run.objects["module"].prompt.class_names
+    names = two_class_run.objects.components.module.prompt.class_names
     root = Path(two_class_run.cfg.data.root)
     by_label: dict[str, list] = {}
-    for p in two_class_run.objects["module"].test_predictions:
+    for p in two_class_run.objects.components.module.test_predictions:
         by_label.setdefault(names[p["pred"]], []).append(p)
     assert len(by_label) >= 2, f"the fixture model must discriminate; it predicted only {list(by_label)}"
     cases = []

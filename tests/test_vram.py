@@ -14,16 +14,16 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.helpers.runs import compose_train
 from vlmchallenge.models.config import LM_LINEARS, LoraSettings, ModelConfig
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
+from vlmchallenge.models.video_geometry import vision_tokens_per_clip
 from vlmchallenge.training.architectures import model_config_for, shipped_config
 from vlmchallenge.training.vram_math import (
     GIB,
     DoesNotFitError,
-    Setup,
+    FootprintInputs,
     architecture_from_config,
     estimate,
     lora_trainable_params,
-    plan,
-    vision_tokens_per_clip,
+    plan_batches,
 )
 
 # docs/vram.md §2.3 and §2.4 (all-linear LoRA on the LLM)
@@ -64,13 +64,13 @@ def arch7b():
     return architecture_from_config(shipped_config("Qwen/Qwen2-VL-7B-Instruct"))
 
 
-def predicted(arch, setup: Setup, micro_batch: int) -> int:
+def predicted(arch, setup: FootprintInputs, micro_batch: int) -> int:
     return sum(estimate(arch, dataclasses.replace(setup, micro_batch=micro_batch)).values())
 
 
 def test_terms_sum_and_respond_to_the_knobs():
     arch = arch7b()
-    base = Setup(method="lora", seq_len=2048, vision_tokens=1024)
+    base = FootprintInputs(method="lora", seq_len=2048, vision_tokens=1024)
     t = estimate(arch, base)
     assert set(t) == {
         "weights",
@@ -82,35 +82,35 @@ def test_terms_sum_and_respond_to_the_knobs():
         "allocator_reserve",
     }
     assert t["weights"] == 2 * arch.total
-    q = estimate(arch, Setup(**{**base.__dict__, "method": "qlora"}))
+    q = estimate(arch, FootprintInputs(**{**base.__dict__, "method": "qlora"}))
     assert q["weights"] < t["weights"]
-    no_gc = estimate(arch, Setup(**{**base.__dict__, "gradient_checkpointing": False}))
+    no_gc = estimate(arch, FootprintInputs(**{**base.__dict__, "gradient_checkpointing": False}))
     assert no_gc["activations"] > 5 * t["activations"]
-    eight_bit = estimate(arch, Setup(**{**base.__dict__, "optimizer": "paged_adamw_8bit"}))
+    eight_bit = estimate(arch, FootprintInputs(**{**base.__dict__, "optimizer": "PagedAdamW8bit"}))
     assert eight_bit["trainable_state"] < t["trainable_state"]
     # logits dominate the per-token cost of a 150k vocabulary (vram.md §2.5): ~1.8 MB/token at c=12
     assert t["logits_loss"] / (2048 * 1024**2) == pytest.approx(1.74, rel=0.02)
 
 
 def test_plan_grows_with_the_budget_and_accumulation_is_exact():
-    arch, setup = arch7b(), Setup(method="qlora", seq_len=1024, vision_tokens=512)
-    micro = [plan(arch, setup, int(gib * GIB), 32, 2).micro_batch for gib in (16, 24, 40, 80)]
+    arch, setup = arch7b(), FootprintInputs(method="qlora", seq_len=1024, vision_tokens=512)
+    micro = [plan_batches(arch, setup, int(gib * GIB), 32, 2).micro_batch for gib in (16, 24, 40, 80)]
     assert micro == sorted(micro) and micro[0] < micro[-1]
     for gib in (16, 24, 40, 80):
-        p = plan(arch, setup, int(gib * GIB), 32, 2)
+        p = plan_batches(arch, setup, int(gib * GIB), 32, 2)
         assert p.micro_batch * p.accumulate * p.world_size == 32
         assert p.predicted_bytes <= 0.9 * gib * GIB
     with pytest.raises(ValueError, match="not divisible by world size"):
-        plan(arch, setup, 80 * GIB, 30, 4)
+        plan_batches(arch, setup, 80 * GIB, 30, 4)
 
 
 # 7B QLoRA at 1024 tokens: ~14.1 GiB at micro-batch 1, ~2.5 GiB per extra sample (before the 10 % margin)
-QLORA_7B = Setup(method="qlora", seq_len=1024, vision_tokens=512)
+QLORA_7B = FootprintInputs(method="qlora", seq_len=1024, vision_tokens=512)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 4, 8])
 def test_plan_splits_the_global_batch_across_ranks(world_size):
-    p = plan(arch7b(), QLORA_7B, 30 * GIB, 24, world_size)
+    p = plan_batches(arch7b(), QLORA_7B, 30 * GIB, 24, world_size)
     assert p.world_size == world_size and p.global_batch == 24
     # per rank: micro-batch x accumulation is this rank's share, and all ranks together make the global batch
     assert p.micro_batch * p.accumulate == 24 // world_size
@@ -119,14 +119,14 @@ def test_plan_splits_the_global_batch_across_ranks(world_size):
 
 def test_plan_on_two_ranks_still_accumulates():
     # 30 GiB fits micro-batch 6 at most; each of 2 ranks owes 12 of the 24 samples: 6 x 2 (not 6 x 4)
-    p = plan(arch7b(), QLORA_7B, 30 * GIB, 24, 2)
+    p = plan_batches(arch7b(), QLORA_7B, 30 * GIB, 24, 2)
     assert (p.micro_batch, p.accumulate, p.world_size) == (6, 2, 2)
 
 
 @pytest.mark.parametrize(("global_batch", "world_size"), [(24, 5), (25, 2), (6, 4)])
 def test_global_batch_not_divisible_by_world_size_is_refused(global_batch, world_size):
     with pytest.raises(ValueError, match=f"global batch {global_batch} is not divisible by world size"):
-        plan(arch7b(), QLORA_7B, 80 * GIB, global_batch, world_size)
+        plan_batches(arch7b(), QLORA_7B, 80 * GIB, global_batch, world_size)
 
 
 @pytest.mark.parametrize("budget_gib", [16, 20, 24, 30, 45, 80, 200])
@@ -135,7 +135,7 @@ def test_plan_picks_the_largest_micro_batch_that_fits(budget_gib):
     limit at or between divisors (16 GiB: 1; 20: 2, or 3 without the margin; 30: 6, past the non-divisor 5;
     45: 6 while 11 would fit, or 12 without the margin) and above all of them (80, 200: 12)."""
     arch, budget, per_rank = arch7b(), budget_gib * GIB, 12
-    p = plan(arch, QLORA_7B, budget, 2 * per_rank, 2)
+    p = plan_batches(arch, QLORA_7B, budget, 2 * per_rank, 2)
     usable = budget * (1 - 0.10)
     assert p.predicted_bytes == predicted(arch, QLORA_7B, p.micro_batch) <= usable
     assert per_rank % p.micro_batch == 0 and p.micro_batch * p.accumulate == per_rank
@@ -150,7 +150,9 @@ def test_error_lists_largest_terms_and_remedies():
     with pytest.raises(
         DoesNotFitError, match=r"micro-batch 1 needs .* GiB.*Largest terms: activations.*QLoRA.*checkpointing"
     ):
-        plan(arch7b(), Setup(method="lora", gradient_checkpointing=False, seq_len=4096), 12 * GIB, 8)
+        plan_batches(
+            arch7b(), FootprintInputs(method="lora", gradient_checkpointing=False, seq_len=4096), 12 * GIB, 8
+        )
 
 
 def test_vision_tokens_follow_qwen_geometry():
@@ -175,11 +177,11 @@ class BatchSizeRecorder(pl.Callback):
 
 
 def test_callback_sets_micro_batch_and_accumulation_before_loaders(tmp_path, shared_data_dir, _clear_hydra):
-    from vlmchallenge.train import train
+    from vlmchallenge.workflows import train
 
     # The tiny model is predicted at ~5.4 MiB for micro-batch 1 plus ~2.4 MiB per extra sample (CPU: no CUDA
     # context); 0.01 GiB less the 10 % margin (9.2 MiB) fits micro-batch 2 but not 3, so a global batch of 8
-    # becomes 2 x 4, unlike both loader.batch_size (4) and Lightning's default accumulation (1).
+    # becomes 2 x 4, unlike both dataloader.batch_size (4) and Lightning's default accumulation (1).
     cfg = compose_train(
         tmp_path / "train" / "runs" / "v",
         shared_data_dir,
@@ -194,14 +196,14 @@ def test_callback_sets_micro_batch_and_accumulation_before_loaders(tmp_path, sha
         ],
         log_dir=tmp_path,
     )
-    _, objects = train(cfg)
-    trainer = objects["trainer"]
+    objects = train(cfg)
+    trainer = objects.components.trainer
     planner = next(c for c in trainer.callbacks if type(c).__name__ == "VRAMPlanner")
     recorder = next(c for c in trainer.callbacks if type(c).__name__ == "BatchSizeRecorder")
-    assert (planner.plan.micro_batch, planner.plan.accumulate) == (2, 4)
-    assert objects["datamodule"].batch_size == 2
+    assert (planner.batch_plan.micro_batch, planner.batch_plan.accumulate) == (2, 4)
+    assert objects.components.datamodule.batch_size == 2
     assert trainer.accumulate_grad_batches == 4
-    # the train loader was built with the planned micro-batch, not loader.batch_size (4) ...
+    # the train loader was built with the planned micro-batch, not dataloader.batch_size (4) ...
     assert recorder.sizes == [2] * 8
     # ... and Lightning stepped the optimizer once per 4 micro-batches
     assert trainer.global_step == 8 // 4

@@ -44,12 +44,3 @@ def class_index(op_id: int) -> int:
         raise ValueError(
             f"unknown OpenPack operation id {op_id}; expected one of {sorted(ID_TO_CLASS)}"
         ) from None
-
-
-def class_name(op_id: int) -> str:
-    try:
-        return ID_TO_CLASS[op_id].name
-    except KeyError:
-        raise ValueError(
-            f"unknown OpenPack operation id {op_id}; expected one of {sorted(ID_TO_CLASS)}"
-        ) from None

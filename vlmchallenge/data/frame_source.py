@@ -17,7 +17,6 @@ from PIL import Image
 from vlmchallenge.data.jst_time import frame_stem_to_unix_ms
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 
 
 class FrameReader(ABC):

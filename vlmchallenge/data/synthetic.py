@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 from vlmchallenge.data.classes import ID_TO_CLASS
 from vlmchallenge.data.jst_time import JST, unix_ms_to_frame_relpath, unix_ms_to_iso
 from vlmchallenge.data.synthetic_scene import SceneRenderer
+from vlmchallenge.utils.atomic import atomic_directory
 
 # Real per-class mean segment durations in seconds (U0209-S0500, docs/openpack.md §3.1).
 MEAN_DURATION_S = {
@@ -228,11 +228,8 @@ def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite
         raise ValueError(
             f"{root} exists and is not a synthetic dataset made by vlmchallenge; refusing to overwrite"
         )
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     jobs = [(u, s) for u in range(len(cfg.users)) for s in range(len(cfg.sessions))]
-    try:
+    with atomic_directory(root) as tmp:
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 counts = list(
@@ -241,13 +238,6 @@ def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite
         else:
             counts = [generate_session(cfg, tmp, u, s) for u, s in jobs]
         (tmp / MARKER).write_text(json.dumps({"config": json.loads(spec), "frames": sum(counts)}, indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
     return root
 
 

@@ -35,25 +35,25 @@ class MulticlassBalancedAccuracy(MulticlassStatScores):
         return (tp[present] / support[present]).mean()
 
 
-def clip_metrics(num_classes: int, prefix: str = "") -> MetricCollection:
-    """Update with (probabilities (N, K), targets (N,)); argmax is taken for the label metrics."""
+def clip_metrics(num_classes: int, prefix: str = "", only: tuple[str, ...] | None = None) -> MetricCollection:
+    """Update with (scores or probabilities (N, K), targets (N,)); argmax is taken for the label metrics.
+    `only` keeps a subset (training logs `acc` and `f1_macro` every validation)."""
     k = num_classes
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(k, average="micro"),
-            "balanced_acc": MulticlassBalancedAccuracy(k),
-            "precision_macro": MulticlassPrecision(k, average="macro"),
-            "recall_macro": MulticlassRecall(k, average="macro"),
-            "f1_macro": MulticlassF1Score(k, average="macro"),
-            "f1_weighted": MulticlassF1Score(k, average="weighted"),
-            "precision_per_class": MulticlassPrecision(k, average="none"),
-            "recall_per_class": MulticlassRecall(k, average="none"),
-            "f1_per_class": MulticlassF1Score(k, average="none"),
-            "map": MulticlassAveragePrecision(k, average="macro"),
-            "confusion_matrix": MulticlassConfusionMatrix(k),
-        },
-        prefix=prefix,
-    )
+    factories = {
+        "acc": lambda: MulticlassAccuracy(k, average="micro"),
+        "balanced_acc": lambda: MulticlassBalancedAccuracy(k),
+        "precision_macro": lambda: MulticlassPrecision(k, average="macro"),
+        "recall_macro": lambda: MulticlassRecall(k, average="macro"),
+        "f1_macro": lambda: MulticlassF1Score(k, average="macro"),
+        "f1_weighted": lambda: MulticlassF1Score(k, average="weighted"),
+        "precision_per_class": lambda: MulticlassPrecision(k, average="none"),
+        "recall_per_class": lambda: MulticlassRecall(k, average="none"),
+        "f1_per_class": lambda: MulticlassF1Score(k, average="none"),
+        "map": lambda: MulticlassAveragePrecision(k, average="macro"),
+        "confusion_matrix": lambda: MulticlassConfusionMatrix(k),
+    }
+    names = only or tuple(factories)
+    return MetricCollection({name: factories[name]() for name in names}, prefix=prefix)
 
 
 SCALAR_KEYS = ("acc", "balanced_acc", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "map")

@@ -25,21 +25,12 @@ class Example:
     meta: dict
 
 
-def vision_tokens(video_grid_thw: torch.Tensor, merge_size: int = 2) -> torch.Tensor:
-    """LLM-side tokens per clip: (T/2 * H/14 * W/14) patches merged 2x2."""
-    return video_grid_thw.prod(-1) // (merge_size**2)
-
-
 class _Base:
     def __init__(self, processor, prompt: PromptBuilder):
         self.processor = processor
         self.prompt = prompt
         self.prompt_text = prompt.prompt(processor)
-        tok = processor.tokenizer
-        self.answer_ids = [
-            tok(prompt.answer(i), add_special_tokens=False)["input_ids"]
-            for i in range(len(prompt.class_names))
-        ]
+        self.answer_ids = prompt.answer_token_ids(processor.tokenizer)
 
     def _encode(self, texts: list[str], examples: list[Example], padding_side: str) -> dict:
         enc = self.processor(

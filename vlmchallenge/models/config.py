@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 
@@ -58,12 +59,35 @@ class ModelConfig:
             )
 
 
+def _adamw() -> dict:
+    # `_partial_`: the module calls it with the trainable parameters; the hyperparameters follow the fields
+    # below, so `optim.lr=1e-3` keeps working whatever the optimizer class
+    return {
+        "_target_": "torch.optim.AdamW",
+        "_partial_": True,
+        "lr": "${..lr}",
+        "weight_decay": "${..weight_decay}",
+        "betas": "${..betas}",
+    }
+
+
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit (bitsandbytes, CUDA)
+    """The optimizer is built by Hydra's `instantiate` from `optimizer` (any `_target_`; `optim=paged_adamw_8bit`
+    selects bitsandbytes' paged 8-bit AdamW), the schedule by `transformers.get_scheduler`."""
+
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    optimizer: dict[str, Any] = field(default_factory=_adamw)
+    scheduler: str = (
+        "cosine_with_min_lr"  # any transformers.get_scheduler name: linear, constant_with_warmup...
+    )
+    scheduler_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_lr_rate": 0.1})
     warmup_steps: int = 30
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
+
+    @property
+    def optimizer_class(self) -> str:
+        """The optimizer's class name, e.g. `AdamW` or `PagedAdamW8bit` (the VRAM math sizes its state by it)."""
+        return str(self.optimizer["_target_"]).rsplit(".", 1)[-1]

@@ -13,8 +13,6 @@ The merge always happens onto an *unquantized* base: merging into a 4-bit base i
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,9 +24,22 @@ from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig
 from vlmchallenge.models.loader import configure_video_size, load_base_model
 from vlmchallenge.models.prompt import PromptBuilder
+from vlmchallenge.utils.atomic import atomic_directory
 
 EXPORT_META = "vlmchallenge.json"
 LABEL_MAP = "label_map.json"
+
+
+def read_export_meta(export_dir: str | Path) -> dict:
+    """An export folder's `vlmchallenge.json` (sampler, prompt, base model), or a clear error."""
+    path = Path(export_dir) / EXPORT_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a vlmchallenge export folder (python -m vlmchallenge.export)")
+    return json.loads(path.read_text())
+
+
+def read_label_map(export_dir: str | Path) -> list[dict]:
+    return json.loads((Path(export_dir) / LABEL_MAP).read_text())
 
 
 def export_model(
@@ -43,34 +54,30 @@ def export_model(
     from peft import PeftModel
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(tmp / "adapter")
-        base = load_base_model(model_cfg, pretrained, quantized=False)
-        merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
-    else:
-        merged = model
-    merged.to(torch.device("cpu")).save_pretrained(tmp)
-    configure_video_size(processor, data_cfg.sampler)
-    processor.save_pretrained(tmp)
-    label_map = [
-        {"index": i, "id": NAME_TO_CLASS[name].id, "name": name} for i, name in enumerate(prompt.class_names)
-    ]
-    (tmp / LABEL_MAP).write_text(json.dumps(label_map, indent=1))
-    meta = {
-        "vlmchallenge_version": __version__,
-        "base_model": pretrained,
-        "adapter": "adapter" if isinstance(model, PeftModel) else None,
-        "quantized_training": model_cfg.quantization.enabled,
-        "sampler": asdict(data_cfg.sampler),
-        "clips": asdict(data_cfg.clips),
-        "prompt": prompt.to_dict(),
-        "data_fingerprint": data_cfg.fingerprint(),
-    }
-    (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp / "adapter")
+            base = load_base_model(model_cfg, pretrained, quantized=False)
+            merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+        else:
+            merged = model
+        merged.to(torch.device("cpu")).save_pretrained(tmp)
+        configure_video_size(processor, data_cfg.sampler)
+        processor.save_pretrained(tmp)
+        label_map = [
+            {"index": i, "id": NAME_TO_CLASS[name].id, "name": name}
+            for i, name in enumerate(prompt.class_names)
+        ]
+        (tmp / LABEL_MAP).write_text(json.dumps(label_map, indent=1))
+        meta = {
+            "vlmchallenge_version": __version__,
+            "base_model": pretrained,
+            "adapter": "adapter" if isinstance(model, PeftModel) else None,
+            "quantized_training": model_cfg.quantization.enabled,
+            "sampler": asdict(data_cfg.sampler),
+            "clips": asdict(data_cfg.clips),
+            "prompt": prompt.to_dict(),
+            "data_fingerprint": data_cfg.fingerprint(),
+        }
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1))
     return out_dir

@@ -46,10 +46,7 @@ def select_rows(batch: dict, rows: list[int]) -> dict:
 
 class LabelScorer:
     def __init__(self, tokenizer, prompt: PromptBuilder):
-        ids = [
-            tokenizer(prompt.answer(i), add_special_tokens=False)["input_ids"]
-            for i in range(len(prompt.class_names))
-        ]
+        ids = prompt.answer_token_ids(tokenizer)
         self.num_classes = len(ids)
         self.lengths = torch.tensor([len(a) for a in ids])
         pad = tokenizer.pad_token_id or 0

@@ -35,6 +35,13 @@ class PromptBuilder:
     def answer(self, class_index: int) -> str:
         return self.class_names[class_index] + self.answer_suffix
 
+    def answer_token_ids(self, tokenizer) -> list[list[int]]:
+        """Each class's answer tokenised on its own: what the loss supervises and what scoring ranks."""
+        return [
+            tokenizer(self.answer(i), add_special_tokens=False)["input_ids"]
+            for i in range(len(self.class_names))
+        ]
+
     def parse(self, text: str) -> int | None:
         """Generated text -> class index by exact match after normalising case and whitespace."""
         norm = " ".join(text.replace(self.answer_suffix, "").split()).casefold()

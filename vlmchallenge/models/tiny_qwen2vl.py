@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
+from vlmchallenge.utils.atomic import atomic_directory
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -170,15 +169,10 @@ def build_tiny_qwen2vl(spec: TinyModelSpec, out_dir: str | Path) -> Path:
         tokenizer=tok,
         chat_template=CHAT_TEMPLATE,
     )
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=1))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=1))
     return out_dir
 
 

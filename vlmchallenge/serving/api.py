@@ -64,8 +64,8 @@ def b64bytes(text: str, what: str) -> bytes:
         raise BadInput(f"{what}: invalid base64") from None
 
 
-class _Common:
-    """Auth and clip decoding shared by both APIs."""
+class ExportBackedAPI:
+    """What both APIs share: the export's inference engine per worker, API-key auth, clip decoding."""
 
     engine: VLMInference
     export_dir: str
@@ -117,7 +117,7 @@ def client_error(e: BadInput) -> HTTPException:
     return HTTPException(status_code=422, detail=str(e))
 
 
-class ClipClassifierAPI(_Common, ls.LitAPI):
+class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
     def __init__(
         self,
         export_dir: str,
@@ -180,7 +180,7 @@ class ClipClassifierAPI(_Common, ls.LitAPI):
         return PredictResponse(prediction=ClassResult(**results[0]))
 
 
-class ChatClassifierAPI(_Common, ls.LitAPI):
+class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
     """OpenAI chat completions: image_url parts of the last user message are one clip; the reply is the class."""
 
     def __init__(
@@ -199,7 +199,7 @@ class ChatClassifierAPI(_Common, ls.LitAPI):
     ) -> None:
         """API key, then the request checks LitServe's OpenAI spec lacks: it queues one job per `n`, so `n=0`
         answered 500 and a huge `n` flooded the queue (found by schemathesis)."""
-        _Common.authorize(self, x_api_key, authorization)
+        ExportBackedAPI.authorize(self, x_api_key, authorization)
         try:
             body = await request.json()
         except Exception:

@@ -8,7 +8,6 @@ valid and comes with per-class probabilities.
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from PIL import Image
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
 from vlmchallenge.models.collator import Example, PromptCollator
-from vlmchallenge.models.exporter import EXPORT_META
+from vlmchallenge.models.exporter import read_export_meta
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_processor
 from vlmchallenge.models.prompt import PromptBuilder
@@ -65,10 +64,7 @@ class VLMInference:
         from transformers import AutoModelForImageTextToText
 
         self.export_dir = Path(export_dir)
-        meta_path = self.export_dir / EXPORT_META
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{meta_path}: not a vlmchallenge export (python -m vlmchallenge.export)")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_export_meta(self.export_dir)
         self.sampler_cfg = SamplerConfig(**self.meta["sampler"])
         self.sampler = FrameSampler(self.sampler_cfg)
         self.prompt = PromptBuilder(**self.meta["prompt"])
@@ -86,19 +82,6 @@ class VLMInference:
         self.scorer = LabelScorer(self.processor.tokenizer, self.prompt)
         self.collate = PromptCollator(self.processor, self.prompt)
         self.class_ids = [NAME_TO_CLASS[n].id for n in self.prompt.class_names]
-
-    def info(self) -> dict:
-        return {
-            "export_dir": str(self.export_dir),
-            "base_model": self.meta.get("base_model"),
-            "classes": [
-                {"index": i, "id": cid, "name": n}
-                for i, (cid, n) in enumerate(zip(self.class_ids, self.prompt.class_names, strict=True))
-            ],
-            "frames_used_per_clip": self.sampler_cfg.num_frames,
-            "max_pixels_per_frame": self.sampler_cfg.max_pixels,
-            "device": str(self.device),
-        }
 
     def prepare(self, images: list[Image.Image]) -> np.ndarray:
         """Client frames -> the training geometry: chosen evenly, band cropped, resized; (T, H, W, 3) uint8."""

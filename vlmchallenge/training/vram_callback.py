@@ -11,24 +11,25 @@ import logging
 import pytorch_lightning as pl
 import torch
 
+from vlmchallenge.models.video_geometry import vision_tokens
 from vlmchallenge.training.architectures import model_config_for
-from vlmchallenge.training.vram_math import GIB, Setup, architecture_from_config, plan
+from vlmchallenge.training.vram_math import GIB, FootprintInputs, architecture_from_config, plan_batches
 from vlmchallenge.training.vram_report import plan_table
 
 log = logging.getLogger(__name__)
 
 
-def setup_from_configs(m, o, seq_len: int, vision_tokens: int, cuda: bool = True) -> Setup:
-    """A `Setup` from the model and optimizer configs (shared by the callback and the offline CLI)."""
+def footprint_inputs(m, o, seq_len: int, vision_tokens: int, cuda: bool = True) -> FootprintInputs:
+    """A `FootprintInputs` from the model and optimizer configs (shared by the callback and the offline CLI)."""
     method = "qlora" if m.quantization.enabled else ("lora" if m.lora.enabled else "full")
-    return Setup(
+    return FootprintInputs(
         method=method,
         dtype=m.dtype,
         lora_r=m.lora.r,
         lora_dropout=m.lora.dropout,
         target_regex=m.lora.target_modules,
         modules_to_save=list(m.lora.modules_to_save),
-        optimizer=o.name,
+        optimizer=o.optimizer_class,
         gradient_checkpointing=m.gradient_checkpointing,
         attn_implementation=m.attn_implementation,
         seq_len=seq_len,
@@ -49,7 +50,7 @@ class VRAMPlanner(pl.Callback):
     ):
         self.enabled, self.budget_gib, self.global_batch_size = enabled, budget_gib, global_batch_size
         self.margin, self.check_after_steps, self.tolerance = margin, check_after_steps, tolerance
-        self.plan = None
+        self.batch_plan = None
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if stage != "fit" or not self.enabled:
@@ -61,7 +62,7 @@ class VRAMPlanner(pl.Callback):
             budget = torch.cuda.mem_get_info(trainer.strategy.root_device)[0]
         else:
             log.info(
-                "VRAM planner: no CUDA device and no vram.budget_gib; keeping loader.batch_size=%d",
+                "VRAM planner: no CUDA device and no vram.budget_gib; keeping dataloader.batch_size=%d",
                 dm.batch_size,
             )
             return
@@ -71,12 +72,12 @@ class VRAMPlanner(pl.Callback):
             )
         batch = dm.peek_train_batch()
         seq_len = int(batch["input_ids"].shape[1])
-        vision = int((batch["video_grid_thw"].prod(-1) // 4).max())
+        vision = int(vision_tokens(batch["video_grid_thw"]).max())
         arch = architecture_from_config(model_config_for(pl_module.model_cfg))
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size
-        self.plan = plan(
+        self.batch_plan = plan_batches(
             arch,
-            setup_from_configs(
+            footprint_inputs(
                 pl_module.model_cfg, pl_module.optim_cfg, seq_len, vision, torch.cuda.is_available()
             ),
             budget,
@@ -84,27 +85,27 @@ class VRAMPlanner(pl.Callback):
             trainer.world_size,
             self.margin,
         )
-        dm.batch_size = self.plan.micro_batch
-        trainer.accumulate_grad_batches = self.plan.accumulate
+        dm.batch_size = self.batch_plan.micro_batch
+        trainer.accumulate_grad_batches = self.batch_plan.accumulate
         if trainer.is_global_zero:
             log.info(
                 "VRAM plan (per rank, seq %d = %d vision + text tokens):\n%s",
                 seq_len,
                 vision,
-                plan_table(self.plan),
+                plan_table(self.batch_plan),
             )
         for lg in trainer.loggers:
             lg.log_hyperparams(
                 {
-                    "vram/micro_batch": self.plan.micro_batch,
-                    "vram/accumulate": self.plan.accumulate,
-                    "vram/predicted_gib": self.plan.predicted_bytes / GIB,
+                    "vram/micro_batch": self.batch_plan.micro_batch,
+                    "vram/accumulate": self.batch_plan.accumulate,
+                    "vram/predicted_gib": self.batch_plan.predicted_bytes / GIB,
                 }
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (
-            self.plan is None
+            self.batch_plan is None
             or not torch.cuda.is_available()
             or trainer.global_step != self.check_after_steps
         ):
@@ -112,7 +113,9 @@ class VRAMPlanner(pl.Callback):
         device = trainer.strategy.root_device
         allocated, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
         predicted = (
-            self.plan.predicted_bytes - self.plan.terms["cuda_context"] - self.plan.terms["allocator_reserve"]
+            self.batch_plan.predicted_bytes
+            - self.batch_plan.terms["cuda_context"]
+            - self.batch_plan.terms["allocator_reserve"]
         )
         error = allocated / predicted - 1
         pl_module.log_dict(

@@ -1,6 +1,6 @@
 """Predict peak GPU memory of a fine-tuning step, term by term, and plan micro-batch and accumulation.
 
-Pure functions; no GPU. Formulas and sources: docs/vram.md (shared reference) §1; the per-token form of §1.7:
+Pure functions; no GPU. Formulas and sources: docs/vram.md §1; the per-token form of §1.7:
 
     peak ≈ weights + trainable state + activations(b, s) + logits(b, s) + vision(b) + CUDA context + reserve
 
@@ -10,16 +10,18 @@ marked CALIBRATE are from the literature and still need a GPU measurement (bench
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 import torch
 
+from vlmchallenge.models.config import LM_LINEARS
+
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_DQ_BYTES = 4.127 / 8  # 4-bit codes + 8-bit absmax per 64 + fp32 constant per 256 blocks (QLoRA §3)
-ADAM_STATE_BYTES = {"adamw": 8.0, "adamw_8bit": 2 * (1 + 4 / 256), "paged_adamw_8bit": 2 * (1 + 4 / 256)}
+# per trainable parameter, by optimizer class name
+ADAM_STATE_BYTES = {"AdamW": 8.0, "AdamW8bit": 2 * (1 + 4 / 256), "PagedAdamW8bit": 2 * (1 + 4 / 256)}
 LOGIT_BYTES = 12  # CALIBRATE: bf16 logits + fp32 upcast + saved log-softmax + fp32 grad (vram.md §1.4: 10-14)
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CALIBRATE: 0.3-0.8 GiB with lazy module loading (vram.md §1.6)
 ALLOCATOR_RESERVE = 0.08  # CALIBRATE: reserved/allocated - 1 (vram.md §1.6: 1.05-1.15)
@@ -98,14 +100,14 @@ def lora_trainable_params(arch: Architecture, target_regex: str, r: int, modules
 
 
 @dataclass
-class Setup:
+class FootprintInputs:
     method: str = "lora"  # full | lora | qlora
     dtype: str = "bfloat16"
     lora_r: int = 16
     lora_dropout: float = 0.05
-    target_regex: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    target_regex: str = LM_LINEARS
     modules_to_save: list[str] = field(default_factory=list)
-    optimizer: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit
+    optimizer: str = "AdamW"  # AdamW | AdamW8bit | PagedAdamW8bit (the class name)
     gradient_checkpointing: bool = True
     attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager
     micro_batch: int = 1
@@ -114,7 +116,7 @@ class Setup:
     cuda: bool = True
 
 
-def estimate(arch: Architecture, s: Setup) -> dict[str, int]:
+def estimate(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
     """Peak memory terms in bytes; they sum to the prediction (`sum(estimate(...).values())`)."""
     if s.method not in ("full", "lora", "qlora"):
         raise ValueError(f"method: expected full, lora or qlora, got {s.method!r}")
@@ -135,7 +137,7 @@ def estimate(arch: Architecture, s: Setup) -> dict[str, int]:
     # trainable parameters: their own weights (for adapters), gradients and optimizer states
     if s.method == "full":
         trainable = arch.total
-        state = trainable * (w + (ADAM_STATE_BYTES[s.optimizer] if s.optimizer != "adamw" else 2 * w))
+        state = trainable * (w + (ADAM_STATE_BYTES[s.optimizer] if s.optimizer != "AdamW" else 2 * w))
     else:
         trainable = lora_trainable_params(arch, s.target_regex, s.lora_r, s.modules_to_save)
         state = trainable * (4 + 4 + ADAM_STATE_BYTES[s.optimizer])  # PEFT keeps adapters in fp32
@@ -168,7 +170,7 @@ def estimate(arch: Architecture, s: Setup) -> dict[str, int]:
 
 
 @dataclass
-class Plan:
+class BatchPlan:
     micro_batch: int
     accumulate: int
     world_size: int
@@ -182,14 +184,14 @@ class DoesNotFitError(ValueError):
     pass
 
 
-def plan(
+def plan_batches(
     arch: Architecture,
-    setup: Setup,
+    setup: FootprintInputs,
     budget_bytes: int,
     global_batch: int,
     world_size: int = 1,
     margin: float = 0.10,
-) -> Plan:
+) -> BatchPlan:
     """Largest micro-batch that fits `budget * (1 - margin)` and divides the per-rank batch exactly."""
     if global_batch < 1 or world_size < 1:
         raise ValueError("global batch size and world size must be >= 1")
@@ -199,7 +201,7 @@ def plan(
     usable = budget_bytes * (1 - margin)
 
     def predict(b: int) -> dict[str, int]:
-        return estimate(arch, Setup(**{**setup.__dict__, "micro_batch": b}))
+        return estimate(arch, FootprintInputs(**{**setup.__dict__, "micro_batch": b}))
 
     one = predict(1)
     if sum(one.values()) > usable:
@@ -211,10 +213,12 @@ def plan(
         elif sum(predict(b).values()) > usable:
             break
     terms = predict(best)
-    return Plan(best, per_rank // best, world_size, global_batch, sum(terms.values()), budget_bytes, terms)
+    return BatchPlan(
+        best, per_rank // best, world_size, global_batch, sum(terms.values()), budget_bytes, terms
+    )
 
 
-def explain_overflow(terms: dict[str, int], usable: float, setup: Setup) -> str:
+def explain_overflow(terms: dict[str, int], usable: float, setup: FootprintInputs) -> str:
     top = sorted(terms.items(), key=lambda kv: -kv[1])[:3]
     tips = []
     if setup.method != "qlora":
@@ -222,15 +226,10 @@ def explain_overflow(terms: dict[str, int], usable: float, setup: Setup) -> str:
     if not setup.gradient_checkpointing:
         tips.append("gradient checkpointing (model.gradient_checkpointing=true)")
     tips += ["fewer frames or pixels (data.sampler.num_frames / data.sampler.max_pixels)", "a shorter prompt"]
-    if setup.optimizer == "adamw":
-        tips.append("8-bit AdamW (optim.name=paged_adamw_8bit)")
+    if setup.optimizer == "AdamW":
+        tips.append("8-bit AdamW (optim=paged_adamw_8bit)")
     largest = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in top)
     return (
         f"even micro-batch 1 needs {sum(terms.values()) / GIB:.2f} GiB, over the usable {usable / GIB:.2f} GiB. "
         f"Largest terms: {largest}. What would help: {'; '.join(tips)}."
     )
-
-
-def vision_tokens_per_clip(num_frames: int, width: int, height: int) -> int:
-    """Qwen2-VL: frames merge in temporal pairs (odd counts repeat the last frame), 28x28 px per token."""
-    return math.ceil(num_frames / 2) * (height // 28) * (width // 28)

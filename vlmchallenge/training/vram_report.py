@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmchallenge.training.vram_math import GIB, Plan
+from rich.console import Console
+from rich.table import Table
+
+from vlmchallenge.training.vram_math import GIB, BatchPlan, FootprintInputs
 
 
-def plan_table(p: Plan) -> str:
+def plan_table(p: BatchPlan) -> str:
     width = max(len(k) for k in p.terms) + 2
     lines = [f"{'term':<{width}}{'GiB':>9}"]
     lines += [f"{k:<{width}}{v / GIB:>9.3f}" for k, v in p.terms.items()]
@@ -41,3 +44,25 @@ def breakdown_png(terms_by_label: dict[str, dict[str, int]], path: Path) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan) -> None:
+    table = Table(
+        title=f"{name}: predicted peak per GPU (micro-batch {p.micro_batch}, seq {inputs.seq_len} tokens = "
+        f"{inputs.vision_tokens} vision + text)"
+    )
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    table.add_column("share", justify="right")
+    for k, v in p.terms.items():
+        table.add_row(k, f"{v / GIB:.3f}", f"{100 * v / p.predicted_bytes:.0f}%")
+    table.add_row(
+        "[bold]total", f"[bold]{p.predicted_bytes / GIB:.3f}", f"of {p.budget_bytes / GIB:.1f} GiB budget"
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"plan: micro-batch {p.micro_batch} x accumulation {p.accumulate} x world {p.world_size} = "
+        f"global batch {p.global_batch} ({inputs.method}, {inputs.optimizer}, checkpointing "
+        f"{'on' if inputs.gradient_checkpointing else 'off'})"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
 
@@ -18,6 +19,7 @@ def find_latest_checkpoint(log_dir: str | Path, task_name: str, exclude: str | P
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+@rank_zero_only  # a multi-process run prints its outputs once
 def print_locations(items: dict[str, str | Path | None]) -> None:
     console = Console()
     console.print("[bold]Outputs")

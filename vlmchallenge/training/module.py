@@ -1,73 +1,74 @@
-"""The LightningModule: a (Q)LoRA VLM trained on answer tokens, evaluated by ranking the class names."""
+"""The LightningModule: a (Q)LoRA VLM trained on answer tokens, evaluated by ranking the class names.
+
+Its hyperparameters (model, optimizer, prompt and test mode) are saved in every checkpoint, so a checkpoint
+describes its own model (see `vlmchallenge.assembly.settings_from_checkpoint`).
+"""
 
 from __future__ import annotations
 
-import logging
-import math
+from dataclasses import asdict
 
+import hydra
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import get_scheduler
 
+from vlmchallenge.evaluation.metrics import clip_metrics
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
-from vlmchallenge.models.collator import vision_tokens
 from vlmchallenge.models.config import ModelConfig, OptimConfig
 from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_answers
-from vlmchallenge.models.loader import load_base_model
+from vlmchallenge.models.loader import load_base_model, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
+from vlmchallenge.models.video_geometry import vision_tokens
 
-log = logging.getLogger(__name__)
 MODEL_KEYS = (*PROMPT_KEYS, "labels")
-
-
-def eval_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-        },
-        prefix=prefix,
-    )
+TEST_MODES = ("score", "generate")
 
 
 class VLMClassifier(pl.LightningModule):
     def __init__(
         self,
-        model_cfg: ModelConfig,
-        optim_cfg: OptimConfig,
-        pretrained: str,
+        model: ModelConfig,
         prompt: PromptBuilder,
         tokenizer,
+        optim: OptimConfig | None = None,
+        test_mode: str = "score",
     ):
+        """`optim` is needed to train only; `test_mode` is how the test stage predicts: `score` ranks the class
+        names (validation always does), `generate` decodes greedily and parses the answer."""
         super().__init__()
-        self.model_cfg, self.optim_cfg, self.pretrained, self.prompt = (
-            model_cfg,
-            optim_cfg,
-            pretrained,
-            prompt,
+        if test_mode not in TEST_MODES:
+            raise ValueError(f"mode: expected one of {TEST_MODES}, got {test_mode!r}")
+        self.save_hyperparameters(
+            {
+                "model": asdict(model),
+                "optim": asdict(optim) if optim is not None else None,
+                "prompt": prompt.to_dict(),
+                "test_mode": test_mode,
+            },
+            logger=False,
         )
+        self.model_cfg, self.optim_cfg, self.prompt, self.test_mode = model, optim, prompt, test_mode
+        self.tokenizer = tokenizer
         self.scorer = LabelScorer(tokenizer, prompt)
         self.model = None
         k = len(prompt.class_names)
-        self.val_metrics = eval_metrics(k, "val/")
-        self.test_metrics = eval_metrics(k, "test/")
+        self.val_metrics = clip_metrics(k, "val/", only=("acc", "f1_macro"))
+        self.test_metrics = clip_metrics(k, "test/", only=("acc", "f1_macro"))
         self.strict_loading = False  # checkpoints hold only the trainable tensors (adapter + saved modules)
         self.test_predictions: list[dict] = []
-        self.tokenizer = tokenizer
-        self.eval_mode = "score"  # score | generate (test stage only; validation always scores)
 
     # ------------------------------------------------------------------ model
 
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: called for every stage
             return
-        base = load_base_model(self.model_cfg, self.pretrained, device=self.device)
+        base = load_base_model(self.model_cfg, resolve_pretrained(self.model_cfg), device=self.device)
         self.model = apply_adapters(base, self.model_cfg)
         self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
-        report = trainable_report(self.model)
-        log.info("trainable parameters: %s", report)
-        self.trainable = report
+        rank_zero_info(f"trainable parameters: {trainable_report(self.model)}")
 
     def forward(self, batch: dict):
         return self.model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False)
@@ -83,11 +84,9 @@ class VLMClassifier(pl.LightningModule):
             self.log("train/vision_tokens", tokens, batch_size=n)
             self.log("train/seq_len", float(batch["input_ids"].shape[1]), batch_size=n)
             if self.global_step == 0:
-                log.info(
-                    "vision tokens per clip: %d (video grid t,h,w = %s); sequence length %d",
-                    int(tokens),
-                    batch["video_grid_thw"][0].tolist(),
-                    batch["input_ids"].shape[1],
+                rank_zero_info(
+                    f"vision tokens per clip: {int(tokens)} (video grid t,h,w = "
+                    f"{batch['video_grid_thw'][0].tolist()}); sequence length {batch['input_ids'].shape[1]}"
                 )
         return loss
 
@@ -109,7 +108,7 @@ class VLMClassifier(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         targets = batch["class_index"].tolist()
-        if self.eval_mode == "generate":
+        if self.test_mode == "generate":
             steps = int(self.scorer.lengths.max()) + 2
             texts = generate_answers(self.model, self.tokenizer, batch, self.prompt, steps)
             for meta, text, y in zip(batch["meta"], texts, targets, strict=True):
@@ -129,35 +128,27 @@ class VLMClassifier(pl.LightningModule):
         self.test_predictions = []
 
     def on_test_epoch_end(self) -> None:
-        if self.eval_mode == "score":
+        if self.test_mode == "score":
             self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
         cfg = self.optim_cfg
-        if cfg.name == "adamw":
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        elif cfg.name in ("adamw_8bit", "paged_adamw_8bit"):
-            import bitsandbytes as bnb
-
-            cls = bnb.optim.PagedAdamW8bit if cfg.name.startswith("paged") else bnb.optim.AdamW8bit
-            opt = cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        else:
-            raise ValueError(f"optim.name: expected adamw, adamw_8bit or paged_adamw_8bit, got {cfg.name!r}")
+        if cfg is None:
+            raise ValueError("this module was built for evaluation (no optim config); it cannot be trained")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = hydra.utils.instantiate(cfg.optimizer)(params)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(cfg.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:  # linear warmup, then cosine to min_lr_ratio
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        scheduler = get_scheduler(
+            cfg.scheduler,
+            optimizer,
+            num_warmup_steps=min(cfg.warmup_steps, total // 2),
+            num_training_steps=total,
+            scheduler_specific_kwargs=cfg.scheduler_kwargs or None,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ adapter-only checkpoints
 

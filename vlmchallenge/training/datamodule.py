@@ -15,6 +15,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -25,10 +26,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import MANIFEST_NAME, prepare
 from vlmchallenge.data.shard_writer import INDEX_NAME
 from vlmchallenge.models.collator import Example
+from vlmchallenge.training.config import DataLoaderConfig
 
 
 def split_by_rank(src: Iterator, rank: int, world_size: int) -> Iterator:
@@ -41,8 +44,6 @@ def class_repeat_factors(class_counts: dict[str, int], alpha: float) -> dict[int
     ~n_c^(1-alpha): alpha 0 = natural distribution, 1 = balanced. OpenPack is imbalanced (e.g. "Put on Back
     Table" is ~1 % of the seconds) and the metric is macro-F1, so rare classes matter as much as common ones.
     Rare samples are repeated rather than common ones dropped: dropping still pays for reading them."""
-    from vlmchallenge.data.classes import NAME_TO_CLASS
-
     present = {NAME_TO_CLASS[name].index: n for name, n in class_counts.items() if n > 0}
     commonest = max(present.values())
     return {idx: (commonest / n) ** alpha for idx, n in present.items()}
@@ -142,28 +143,29 @@ def read_split_index(out_dir: Path, split: str) -> tuple[list[str], int]:
 
 
 class ShardDataModule(pl.LightningDataModule):
+    """The shards of one prepared dataset as Lightning loaders. Its hyperparameters (data and dataloader
+    settings, seed, test split) are saved in every checkpoint, so a checkpoint describes its own data."""
+
     def __init__(
         self,
         data: DataConfig,
+        dataloader: DataLoaderConfig,
         data_dir: str = "data",
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 1,
-        shuffle_buffer: int = 500,
-        class_balance: float = 0.0,
         seed: int = 0,
         test_split: str = "test",
         train_collate: Callable | None = None,
         eval_collate: Callable | None = None,
     ):
         super().__init__()
-        self.data, self.data_dir = data, data_dir
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
-        if not 0.0 <= class_balance <= 1.0:
-            raise ValueError(f"loader.class_balance: expected a value in [0, 1], got {class_balance}")
-        self.class_balance = class_balance
-        self.test_split = test_split  # the evaluator may point the test stage at "val"
+        dataloader.validate()
+        self.save_hyperparameters(
+            {"data": asdict(data), "dataloader": asdict(dataloader), "seed": seed, "test_split": test_split},
+            logger=False,
+        )
+        self.data, self.data_dir, self.seed, self.test_split = data, data_dir, seed, test_split
+        self.batch_size, self.eval_batch_size = dataloader.batch_size, dataloader.eval_batch_size
+        self.num_workers, self.shuffle_buffer = dataloader.num_workers, dataloader.shuffle_buffer
+        self.class_balance = dataloader.class_balance
         self.train_collate, self.eval_collate = train_collate, eval_collate
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)

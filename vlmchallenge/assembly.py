@@ -1,0 +1,192 @@
+"""The one place a run is put together: typed settings -> the `Components` of one stage.
+
+Settings come from a composed Hydra config (`settings_from_config`), from a checkpoint alone
+(`settings_from_checkpoint`: the module and datamodule saved their hyperparameters in it) or from an export
+folder (`settings_from_export`). The stage is chosen when the objects are built, never by changing them
+afterwards: `fit` builds a training collator, an optimizer config, the configured callbacks, loggers and trainer;
+`evaluate` a test split, a test mode and a plain single-device trainer; `export` no trainer at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vlmchallenge.data.config import DataConfig
+from vlmchallenge.models.collator import PromptCollator, TrainCollator
+from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
+from vlmchallenge.models.exporter import read_export_meta
+from vlmchallenge.models.loader import load_processor, resolve_pretrained
+from vlmchallenge.models.prompt import PromptBuilder, operation_names
+from vlmchallenge.training.config import DataLoaderConfig
+from vlmchallenge.training.datamodule import ShardDataModule
+from vlmchallenge.training.module import VLMClassifier
+from vlmchallenge.training.random_state import RandomStateCheckpoint
+from vlmchallenge.utils.instantiators import instantiate_callbacks, instantiate_loggers
+
+STAGES = ("fit", "evaluate", "export")
+# the config groups a checkpoint's own settings can be overridden in (`evaluate ckpt=... data.root=...`)
+SETTING_GROUPS = ("data", "dataloader", "model", "optim")
+
+
+def as_dataclass(schema, node):
+    """A config node as its dataclass: interpolations resolved, validated against the schema. Works for
+    composed configs and for plain dicts (a checkpoint's hyperparameters)."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+@dataclass
+class RunSettings:
+    """The typed part of a run: what its datamodule and module are built from."""
+
+    data: DataConfig
+    model: ModelConfig
+    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    optim: OptimConfig | None = None
+    seed: int = 0
+    data_dir: str = "data"
+    prompt: PromptBuilder | None = None  # null: the OpenPack operations (+ Null when clips keep it)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.dataloader.validate()
+
+    def class_prompt(self) -> PromptBuilder:
+        return self.prompt or PromptBuilder(operation_names(include_null=self.data.clips.keep_null))
+
+
+def settings_from_config(cfg: DictConfig) -> RunSettings:
+    return RunSettings(
+        data=as_dataclass(DataConfig, cfg.data),
+        model=as_dataclass(ModelConfig, cfg.model),
+        dataloader=as_dataclass(DataLoaderConfig, cfg.dataloader),
+        optim=as_dataclass(OptimConfig, cfg.optim) if "optim" in cfg else None,
+        seed=int(cfg.seed),
+        data_dir=str(cfg.paths.data_dir),
+    )
+
+
+def settings_from_checkpoint(path: str | Path, data_dir: str, overrides: list[str] = ()) -> RunSettings:
+    """A checkpoint's own settings (saved by the module and the datamodule), with `group.key=value` overrides
+    of the groups in `SETTING_GROUPS` applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    module, datamodule = ckpt.get("hyper_parameters"), ckpt.get("datamodule_hyper_parameters")
+    if not module or not datamodule:
+        raise ValueError(f"{path}: no saved hyperparameters; not a vlmchallenge training checkpoint")
+    saved = OmegaConf.create(
+        {
+            "data": datamodule["data"],
+            "dataloader": datamodule["dataloader"],
+            "model": module["model"],
+            "optim": module["optim"],
+        }
+    )
+    wanted = [o.lstrip("+") for o in overrides if o.lstrip("+").split(".", 1)[0] in SETTING_GROUPS]
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(wanted))
+    return RunSettings(
+        data=as_dataclass(DataConfig, merged.data),
+        model=as_dataclass(ModelConfig, merged.model),
+        dataloader=as_dataclass(DataLoaderConfig, merged.dataloader),
+        optim=as_dataclass(OptimConfig, merged.optim) if merged.optim is not None else None,
+        seed=int(datamodule["seed"]),
+        data_dir=data_dir,
+        prompt=PromptBuilder(**module["prompt"]),
+    )
+
+
+SAMPLER_KEYS = ("num_frames", "max_pixels", "min_pixels", "crop_top", "strategy")
+
+
+def settings_from_export(export_dir: str | Path, cfg: DictConfig) -> RunSettings:
+    """Evaluate an export folder on the data of `cfg` (an evaluation config: data, dataloader, seed, paths):
+    the merged model, its prompt, and a check that the data is sampled as in training."""
+    meta = read_export_meta(export_dir)
+    data = as_dataclass(DataConfig, cfg.data)
+    trained = {k: meta["sampler"][k] for k in SAMPLER_KEYS}
+    used = {k: getattr(data.sampler, k) for k in SAMPLER_KEYS}
+    if trained != used:
+        raise ValueError(
+            f"the model was trained with sampler settings {trained} but data.sampler is {used}; "
+            "evaluate on shards made with the training settings"
+        )
+    return RunSettings(
+        data=data,
+        model=ModelConfig(pretrained=str(export_dir), lora=LoraSettings(enabled=False)),
+        dataloader=as_dataclass(DataLoaderConfig, cfg.dataloader),
+        seed=int(cfg.seed),
+        data_dir=str(cfg.paths.data_dir),
+        prompt=PromptBuilder(**meta["prompt"]),
+    )
+
+
+@dataclass
+class Components:
+    settings: RunSettings
+    stage: str
+    processor: Any
+    prompt: PromptBuilder
+    datamodule: ShardDataModule
+    module: VLMClassifier
+    callbacks: list = field(default_factory=list)
+    loggers: list = field(default_factory=list)
+    trainer: pl.Trainer | None = None
+
+
+def assemble(
+    settings: RunSettings,
+    stage: str,
+    *,
+    trainer: DictConfig | None = None,
+    callbacks: DictConfig | None = None,
+    loggers: DictConfig | None = None,
+    test_split: str = "test",
+    test_mode: str = "score",
+) -> Components:
+    """Build every object of `stage` (no weights are loaded: Lightning calls `configure_model`).
+
+    fit: `trainer`, `callbacks` and `loggers` are the run config's nodes (no `trainer`: no trainer is built, for
+    code that drives the module itself); exact resume is not optional, so the RNG-state callback is always added. evaluate: `test_split` and `test_mode` pick what the test stage does.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    settings.validate()
+    if stage == "fit" and settings.optim is None:
+        raise ValueError("the fit stage needs optimizer settings (optim)")
+    processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler)
+    prompt = settings.class_prompt()
+    datamodule = ShardDataModule(
+        settings.data,
+        settings.dataloader,
+        settings.data_dir,
+        seed=settings.seed,
+        test_split=test_split,
+        train_collate=TrainCollator(processor, prompt) if stage == "fit" else None,
+        eval_collate=PromptCollator(processor, prompt),
+    )
+    module = VLMClassifier(
+        settings.model,
+        prompt,
+        processor.tokenizer,
+        optim=settings.optim if stage == "fit" else None,
+        test_mode=test_mode,
+    )
+    parts = Components(settings, stage, processor, prompt, datamodule, module)
+    if stage == "fit" and trainer is not None:
+        parts.callbacks = [*instantiate_callbacks(callbacks), RandomStateCheckpoint()]
+        parts.loggers = instantiate_loggers(loggers)
+        parts.trainer = hydra.utils.instantiate(trainer, callbacks=parts.callbacks, logger=parts.loggers)
+    elif stage == "evaluate":
+        parts.trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
+    return parts
