@@ -91,6 +91,10 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer, self.repeats, self.seed, self.rank = shuffle_buffer, repeats, seed, rank
         self.epoch = 0
 
+    def __len__(self) -> int:
+        """Batches per pass: Lightning sizes the epoch, the progress bar and the LR schedule by it."""
+        return self.batches
+
     def __iter__(self) -> Iterator:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)

@@ -4,7 +4,7 @@ Lightning checkpoints hold the weights, optimizer, scheduler and loop counters, 
 resumed run draws different LoRA-dropout masks from an uninterrupted one. This callback stores the torch (CPU
 and CUDA), numpy and Python states of every rank and puts them back when training starts again, after model
 building and loader creation have drawn whatever they draw. The data stream needs no saved state: its seeds are
-a function of (seed, rank, worker, epoch) (`vlmchallenge.data.datamodule.TrainStream`).
+a function of (seed, rank, worker, epoch) (`vlmchallenge.training.datamodule.TrainStream`).
 """
 
 from __future__ import annotations
