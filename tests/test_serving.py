@@ -140,8 +140,11 @@ def test_health_info_and_predict(client, clips):
     answers = many.json()["predictions"]
     assert [a["label"] for a in answers] == [clips[0].label, clips[-1].label]
     for answer, case in zip(answers, (clips[0], clips[-1]), strict=True):
-        top = sorted(zip(case.training_probs, names, strict=True), reverse=True)[:3]
-        assert list(answer["probabilities"]) == [n for _, n in top]
+        kept = answer["probabilities"]
+        expected = dict(zip(names, case.training_probs, strict=True))
+        assert len(kept) == 3 and all(abs(p - expected[n]) < 1e-5 for n, p in kept.items())
+        # the 3 most probable, up to float noise among near-zero classes
+        assert min(kept.values()) >= max(p for n, p in expected.items() if n not in kept) - 1e-5
 
 
 def write_video(path: Path, images: list[Image.Image]) -> Path:
