@@ -10,11 +10,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import vlmchallenge.conf_schema  # noqa: F401
+from tests.helpers.runs import CONF_DIR
 from vlmchallenge.assembly import as_dataclass
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig, OptimConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(CONF_DIR)
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 

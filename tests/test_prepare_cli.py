@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,9 +13,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vlmchallenge.conf_schema  # noqa: F401
+from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.config import DataConfig
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SMALL = [
     "data.synthetic.users=[U9001,U9002,U9003]",
     "data.synthetic.boxes_per_session=1",
@@ -29,7 +28,7 @@ SMALL = [
 
 
 def compose_prepare(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("prepare", overrides=overrides)
 
 

@@ -75,13 +75,20 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
     )
 
 
-def settings_from_checkpoint(path: str | Path, data_dir: str, overrides: list[str] = ()) -> RunSettings:
-    """A checkpoint's own settings (saved by the module and the datamodule), with `group.key=value` overrides
-    of the groups in `SETTING_GROUPS` applied on top."""
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint's contents (tensors and plain values only: `weights_only` loading)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def settings_from_checkpoint(
+    path: str | Path, data_dir: str, overrides: list[str] = (), ckpt: dict | None = None
+) -> RunSettings:
+    """A checkpoint's own settings (saved by the module and the datamodule), with `group.key=value` overrides
+    of the groups in `SETTING_GROUPS` applied on top. Pass `ckpt` when the caller has loaded it already."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     module, datamodule = ckpt.get("hyper_parameters"), ckpt.get("datamodule_hyper_parameters")
     if not module or not datamodule:
         raise ValueError(f"{path}: no saved hyperparameters; not a vlmchallenge training checkpoint")

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -18,6 +17,7 @@ from vlmchallenge.assembly import (
     Components,
     as_dataclass,
     assemble,
+    load_checkpoint,
     settings_from_checkpoint,
     settings_from_config,
     settings_from_export,
@@ -182,11 +182,11 @@ def export_checkpoint(
 ) -> Path:
     """A training checkpoint alone (it carries its settings) -> one export folder."""
     ckpt = Path(ckpt)
-    parts = assemble(settings_from_checkpoint(ckpt, data_dir, overrides), "export")
+    saved = load_checkpoint(ckpt)  # read once: settings and weights
+    parts = assemble(settings_from_checkpoint(ckpt, data_dir, overrides, saved), "export")
     module = parts.module
     module.configure_model()
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    result = module.load_state_dict(state, strict=False)
+    result = module.load_state_dict(saved["state_dict"], strict=False)
     trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     missing = sorted(trainable & set(result.missing_keys))
     if missing:
