@@ -1,4 +1,9 @@
-"""`python -m vlmchallenge.prepare`: raw OpenPack (or the synthetic default) -> WebDataset shards per split."""
+"""`python -m vlmchallenge.prepare`: raw OpenPack (or the synthetic default) -> WebDataset shards per split.
+
+python -m vlmchallenge.prepare                                   # every session: shards, indexes, manifest
+python -m vlmchallenge.prepare data.shard_of=0/4                 # job 0 of 4: its sessions' shards only
+python -m vlmchallenge.prepare merge=true                        # then, once: indexes + manifest
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,12 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.assembly import as_dataclass
-from vlmchallenge.data.config import DataConfig
 from vlmchallenge.workflows import run_prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    run_prepare(as_dataclass(DataConfig, cfg.data), cfg.paths.data_dir, cfg.paths.output_dir)
+    run_prepare(cfg)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ python -m vlmchallenge.train                                   # tiny model + sy
 python -m vlmchallenge.train +experiment=tiny_qlora_cpu        # 4-bit QLoRA on CPU
 python -m vlmchallenge.train -m model.lora.r=4,8               # a sweep
 python -m vlmchallenge.train ckpt_path=last                    # resume the newest run
+torchrun --nproc_per_node=2 -m vlmchallenge.train trainer=ddp trainer.devices=2   # one run folder for all ranks
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.utils.cli import accept_plus_experiment
+from vlmchallenge.utils.cli import accept_plus_experiment, quiet_secondary_ranks
 from vlmchallenge.workflows import train
 
 
@@ -27,4 +28,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     accept_plus_experiment()
+    quiet_secondary_ranks()
     main()

@@ -24,8 +24,8 @@ from vlmchallenge.assembly import (
 )
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
-from vlmchallenge.data.pipeline import PrepareResult, prepare
-from vlmchallenge.data.summary import print_summary, session_progress, write_summary
+from vlmchallenge.data.pipeline import PrepareResult, merge_jobs, prepare
+from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 from vlmchallenge.evaluation.report import build_report
 from vlmchallenge.models.exporter import export_model
 from vlmchallenge.models.loader import resolve_pretrained
@@ -34,21 +34,28 @@ from vlmchallenge.training.architectures import model_config_for
 from vlmchallenge.training.vram_callback import footprint_inputs
 from vlmchallenge.training.vram_math import GIB, BatchPlan, architecture_from_config, plan_batches
 from vlmchallenge.training.vram_report import breakdown_png, print_plan
+from vlmchallenge.utils.distributed import share_run_dir
 from vlmchallenge.utils.runs import find_latest_checkpoint, print_locations
 
 
-def run_prepare(
-    data: DataConfig, data_dir: str | Path, output_dir: str | Path | None = None
-) -> PrepareResult:
+def run_prepare(cfg: DictConfig) -> PrepareResult:
+    """Shards for `cfg.data` (all sessions, or a subset job's), or with `merge=true` the split indexes and the
+    manifest from the subset jobs' done-markers; prints and saves the summary."""
+    from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
+    data = as_dataclass(DataConfig, cfg.data)
     console = Console()
-    progress, update = session_progress(console)
-    with progress:
-        result = prepare(data, data_dir, progress=update)
-    print_summary(result, console)
-    if output_dir is not None:
-        write_summary(result, Path(output_dir) / "prepare_summary.json")
+    if cfg.get("merge", False):
+        result = merge_jobs(data, cfg.paths.data_dir)
+    else:
+        progress, update = session_progress(console)
+        with progress:
+            result = prepare(data, cfg.paths.data_dir, progress=update)
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    merge_cmd = merge_command(overrides) if result.subset else None
+    print_summary(result, console, merge_cmd)
+    write_summary(result, Path(cfg.paths.output_dir) / "prepare_summary.json", merge_cmd)
     return result
 
 
@@ -62,7 +69,9 @@ class TrainResult:
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Fit (resuming when `ckpt_path` is set), test the best checkpoint into a report, export it."""
+    """Fit (resuming when `ckpt_path` is set), test the best checkpoint into a report, export it. Every rank
+    runs this; only rank 0 writes the report and the export."""
+    share_run_dir(cfg)  # torchrun / SLURM: all ranks write into rank 0's run folder
     pl.seed_everything(cfg.seed, workers=True)
     parts = assemble(
         settings_from_config(cfg),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import MISSING
 
+from vlmchallenge.data import locations
 from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.shard_writer import ShardConfig
@@ -16,6 +18,8 @@ from vlmchallenge.data.splits import SplitConfig
 from vlmchallenge.data.synthetic import GENERATOR_VERSION, SyntheticConfig
 
 MANIFEST_VERSION = 1
+_SESSION_NAME = re.compile(r"^U\d{4}/S\d{4}$")
+_SHARD_OF = re.compile(r"^(\d+)/(\d+)$")
 
 
 @dataclass
@@ -30,6 +34,26 @@ class DataConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    # A subset job (docs/architecture.md, "Subset jobs + merge"): these sessions ("U0201/S0100"; empty: all)
+    # and/or the i-th of n strided slices ("i/n") of them. Not in the fingerprint: every job shares one folder.
+    sessions: list[str] = field(default_factory=list)
+    shard_of: str | None = None
+
+    @property
+    def is_subset(self) -> bool:
+        return bool(self.sessions) or self.shard_of is not None
+
+    def shard_slice(self) -> tuple[int, int] | None:
+        """`shard_of` as (i, n), validated; None when not set."""
+        if self.shard_of is None:
+            return None
+        match = _SHARD_OF.match(str(self.shard_of))
+        if not match or not int(match[1]) < int(match[2]):
+            raise ValueError(
+                f"data.shard_of: expected 'i/n' with 0 <= i < n (job i of n, 0-based, e.g. 0/4), "
+                f"got {self.shard_of!r}"
+            )
+        return int(match[1]), int(match[2])
 
     def validate(self) -> None:
         if not self.root or self.root == "???":
@@ -40,6 +64,10 @@ class DataConfig:
         self.sampler.validate()
         self.shards.validate()
         self.splits.user_to_split()
+        bad = [s for s in self.sessions if not _SESSION_NAME.match(str(s))]
+        if bad:
+            raise ValueError(f"data.sessions: expected entries like U0201/S0100 (user/session), got {bad}")
+        self.shard_slice()
         if self.synthetic is not None:
             self.synthetic.validate()
 
@@ -60,7 +88,8 @@ class DataConfig:
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
-    def resolved_out_dir(self, data_dir: str | Path) -> Path:
+    def resolved_out_dir(self, data_dir: str | Path) -> Path | str:
+        """The shard location: a local folder (`Path`), or a URL (`str`, read-only: data/locations.py)."""
         if self.shards.out_dir:
-            return Path(self.shards.out_dir)
+            return locations.resolve(self.shards.out_dir)
         return Path(data_dir) / "shards" / f"{self.name}-{self.fingerprint()[:10]}"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vlmchallenge import __version__
+from vlmchallenge.data import locations
 from vlmchallenge.data.annotation_parser import parse_operations_csv
 from vlmchallenge.data.classes import ID_TO_CLASS, OPENPACK_OPERATIONS, class_index
 from vlmchallenge.data.clip_builder import build_clips
@@ -43,12 +44,15 @@ class SessionResult:
 
 @dataclass
 class PrepareResult:
-    out_dir: Path
-    manifest: dict
+    out_dir: Path | str  # a URL after `verify_published`
+    manifest: dict | None  # None after a subset job: the merge writes it
     sessions: list[SessionResult]
     unassigned: list[str]  # sessions whose user is in no split (reported, not silently dropped)
     seconds: float
     totals: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)  # per split: users, sessions, nsamples, class counts, ...
+    subset: str | None = None  # a subset job: what it covered; None: every session
+    merged: bool = False  # written by `merge_jobs` from the done-markers
 
 
 def _clip_sample(clip, clip_no: int, frames: list[bytes], frame_ts: list[int], size: tuple[int, int]) -> dict:
@@ -114,6 +118,7 @@ def process_session(
         "skipped": dict(sorted(built.skipped.items())),
         "gaps": len(ann.gaps),
         "source_frames": int(len(source.timestamps_ms)),
+        "config_fingerprint": config_fp,  # what `merge_jobs` checks: every job used the same settings
     }
     record = write_session_shards(
         out_dir / split, ref.key, fp, len(built.clips), make_samples, cfg.shards, extra
@@ -138,25 +143,111 @@ def _check_out_dir(out_dir: Path, config_fp: str, overwrite: bool) -> None:
             )
 
 
+UPLOAD_COMMANDS = {  # how a prepared folder gets to each kind of location (docs/scaling.md §2)
+    "s3": "aws s3 sync {local} {url}",
+    "gs": "gsutil -m rsync -r {local} {url}",
+    "http": "copy {local} into the folder the web server serves as {url}",
+    "https": "copy {local} into the folder the web server serves as {url}",
+}
+
+
+def verify_published(cfg: DataConfig, data_dir: str | Path, t0: float) -> PrepareResult:
+    """`prepare` for a shard URL: never writes there (object stores have no atomic rename, and the shards are
+    made once, locally, then uploaded). The uploaded manifest must exist and carry these settings' fingerprint;
+    the shards themselves are read when training streams them."""
+    url = cfg.resolved_out_dir(data_dir)
+    config_fp = cfg.fingerprint()
+    local = Path(data_dir) / "shards" / f"{cfg.name}-{config_fp[:10]}"
+    upload = UPLOAD_COMMANDS.get(locations.scheme_of(url), "copy {local} to {url}")
+    upload = upload.format(local=local, url=url)
+    todo = (
+        f"a shard URL is read-only: prepare these settings locally (`python -m vlmchallenge.prepare` with the "
+        f"same data overrides and no data.shards.out_dir writes {local}), then upload it: {upload}"
+    )
+    manifest_url = locations.join(url, MANIFEST_NAME)
+    try:
+        manifest = locations.read_json(manifest_url, "manifest")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{manifest_url}: no manifest, so no prepared shards there; {todo}") from e
+    found = manifest.get("config_fingerprint")
+    if found != config_fp:
+        ours, theirs = str(Path(cfg.root).resolve()), manifest.get("source", {}).get("root")
+        root_note = (
+            f"; they were prepared from data.root={theirs}, these settings name {ours} (the fingerprint covers it)"
+            if theirs and theirs != ours
+            else ""
+        )
+        raise ValueError(
+            f"{manifest_url}: shards made with different data settings (fingerprint {str(found)[:10]} != "
+            f"{config_fp[:10]}){root_note}; {todo}; or point data.shards.out_dir at the copy of these settings"
+        )
+    seconds = time.perf_counter() - t0
+    totals = {"sessions": 0, "clips_written": 0, "frames_decoded": 0, "seconds": seconds}
+    unassigned = manifest.get("unassigned_sessions", [])
+    return PrepareResult(url, manifest, [], unassigned, seconds, totals, manifest.get("splits", {}))
+
+
+def plan_sessions(cfg: DataConfig) -> tuple[list[tuple[str, SessionRef]], list[str]]:
+    """Every session whose user is in a split, as (split, ref) in sorted order, and the keys of the others."""
+    user_split = cfg.splits.user_to_split()
+    refs = discover_sessions(cfg.root)
+    tasks = [(user_split[r.user], r) for r in refs if r.user in user_split]
+    return tasks, [r.key for r in refs if r.user not in user_split]
+
+
+def select_subset(
+    cfg: DataConfig, tasks: list[tuple[str, SessionRef]], unassigned: list[str]
+) -> tuple[list[tuple[str, SessionRef]], str]:
+    """The tasks of a subset job (`data.sessions`, then `data.shard_of`) and a line saying what it covers."""
+    chosen = tasks
+    if cfg.sessions:
+        by_name = {f"{r.user}/{r.session}": (split, r) for split, r in tasks}
+        unknown = [s for s in cfg.sessions if s not in by_name]
+        if unknown:
+            no_split = [s for s in unknown if s.replace("/", "-") in unassigned]
+            raise ValueError(
+                f"data.sessions: {', '.join(unknown)} not among the sessions of data.splits under {cfg.root}"
+                + (f" ({', '.join(no_split)}: user in no split)" if no_split else "")
+                + f"; known: {', '.join(sorted(by_name))}"
+            )
+        chosen = [by_name[s] for s in sorted(set(cfg.sessions))]
+    what = f"data.sessions ({len(chosen)})" if cfg.sessions else "all"
+    if (shard := cfg.shard_slice()) is not None:
+        i, n = shard
+        chosen = sorted(chosen, key=lambda t: t[1].key)[i::n]  # strided: neighbouring sessions spread out
+        what = f"data.shard_of={i}/{n} of {what}"
+    return chosen, f"{what}: {len(chosen)} of {len(tasks)} sessions"
+
+
 def prepare(
     cfg: DataConfig,
     data_dir: str | Path = "data",
     progress: Callable[[SessionResult, int], None] | None = None,
 ) -> PrepareResult:
-    """Build (or resume, or reuse) the shards for `cfg`. Safe to call repeatedly: finished work is skipped."""
+    """Build (or resume, or reuse) the shards for `cfg`. Safe to call repeatedly: finished work is skipped.
+
+    A subset job (`data.sessions` / `data.shard_of`) writes only its sessions' shards and done-markers; the
+    split indexes and the manifest come from `merge_jobs` once every job has finished."""
     t0 = time.perf_counter()
     cfg.validate()
+    if locations.is_remote(cfg.shards.out_dir or ""):  # a URL is read-only: check the upload, write nothing
+        return verify_published(cfg, data_dir, t0)
+    if cfg.is_subset and cfg.shards.overwrite:
+        raise ValueError(
+            "data.shards.overwrite=true deletes the whole output folder, which the other subset jobs share; "
+            "clear it once before starting the jobs instead"
+        )
     if cfg.synthetic is not None:
         generate_synthetic(cfg.synthetic, cfg.root, workers=cfg.shards.workers)
     out_dir = cfg.resolved_out_dir(data_dir)
     config_fp = cfg.fingerprint()
+    tasks, unassigned = plan_sessions(cfg)
+    subset = None
+    if cfg.is_subset:
+        tasks, subset = select_subset(cfg, tasks, unassigned)
     _check_out_dir(out_dir, config_fp, cfg.shards.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    user_split = cfg.splits.user_to_split()
-    refs = discover_sessions(cfg.root)
-    tasks = [(user_split[r.user], r) for r in refs if r.user in user_split]
-    unassigned = [r.key for r in refs if r.user not in user_split]
     results: list[SessionResult] = []
     if cfg.shards.workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=min(cfg.shards.workers, len(tasks))) as pool:
@@ -179,7 +270,11 @@ def prepare(
                 progress(results[-1], len(tasks))
     results.sort(key=lambda r: (SPLIT_NAMES.index(r.split), r.key))
 
-    manifest = _write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
+    if subset is None:
+        manifest = _write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
+        splits = manifest["splits"]
+    else:  # concurrent jobs would race on these files, each listing only its own sessions
+        manifest, splits = None, split_stats(results)
     seconds = time.perf_counter() - t0
     totals = {
         "sessions": len(results),
@@ -187,16 +282,79 @@ def prepare(
         "frames_decoded": sum(r.frames_decoded for r in results),
         "seconds": seconds,
     }
-    return PrepareResult(out_dir, manifest, results, unassigned, seconds, totals)
+    return PrepareResult(out_dir, manifest, results, unassigned, seconds, totals, splits, subset)
 
 
-def _write_index_and_manifest(
-    cfg: DataConfig, out_dir: Path, config_fp: str, results: list[SessionResult], unassigned: list[str]
-) -> dict:
+def merge_jobs(cfg: DataConfig, data_dir: str | Path = "data") -> PrepareResult:
+    """Write the split indexes and the manifest from the done-markers that subset jobs left in the output
+    folder. Refuses while a session of the plan has no marker, or a marker was made with other settings, or a
+    shard a marker lists is missing or of another size. The raw tree is only listed, never read."""
+    t0 = time.perf_counter()
+    cfg.validate()
+    if cfg.is_subset:
+        raise ValueError("merge=true covers every session: drop data.sessions / data.shard_of")
+    if cfg.shards.overwrite:
+        raise ValueError("merge=true with data.shards.overwrite=true would delete the jobs' output; drop it")
+    if locations.is_remote(cfg.shards.out_dir or ""):
+        raise ValueError(
+            "merge=true writes into a local data.shards.out_dir: merge there, then upload the folder"
+        )
+    out_dir = cfg.resolved_out_dir(data_dir)
+    config_fp = cfg.fingerprint()
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: nothing to merge; run the subset jobs (data.shard_of=i/n) first")
+    _check_out_dir(out_dir, config_fp, overwrite=False)
+    tasks, unassigned = plan_sessions(cfg)
+
+    results, unfinished, foreign, broken = [], [], [], []
+    for split, ref in tasks:
+        marker = out_dir / split / f"{ref.key}.done.json"
+        if not marker.exists():
+            unfinished.append(ref)
+            continue
+        try:
+            record = json.loads(marker.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{marker}: not a done-marker (invalid JSON: {e})") from e
+        if record.get("config_fingerprint") != config_fp:
+            foreign.append(f"{marker} ({str(record.get('config_fingerprint'))[:10]})")
+        for shard in record.get("shards", []):
+            path = out_dir / split / shard["url"]
+            if not path.is_file() or path.stat().st_size != shard["filesize"]:
+                broken.append(str(path))
+        results.append(SessionResult(split, ref.key, {**record, "resumed": "complete"}, 0, 0, 0.0))
+    if unfinished:
+        names = ",".join(f"{r.user}/{r.session}" for r in unfinished)
+        raise RuntimeError(
+            f"merge: {len(unfinished)} of {len(tasks)} sessions have no done-marker in {out_dir} (a job has "
+            f"not finished, or failed): {', '.join(r.key for r in unfinished)}; run data.sessions=[{names}] "
+            "(or the jobs that own them) and merge again"
+        )
+    if foreign:
+        raise ValueError(
+            f"merge: done-markers made with other data settings (config fingerprint != {config_fp[:10]}, or none "
+            f"from an older version): {', '.join(foreign)}; rerun those sessions with these settings after "
+            "deleting their markers, or merge with the settings they were made with"
+        )
+    if broken:
+        raise FileNotFoundError(
+            f"merge: shards listed by done-markers are missing or of another size: {', '.join(broken)}; delete "
+            "those sessions' .done.json markers and rerun their jobs (finished shards are reused)"
+        )
+    results.sort(key=lambda r: (SPLIT_NAMES.index(r.split), r.key))
+    manifest = _write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
+    seconds = time.perf_counter() - t0
+    totals = {"sessions": len(results), "clips_written": 0, "frames_decoded": 0, "seconds": seconds}
+    return PrepareResult(
+        out_dir, manifest, results, unassigned, seconds, totals, manifest["splits"], merged=True
+    )
+
+
+def split_stats(results: list[SessionResult]) -> dict:
+    """Per split: users, sessions, sample and shard counts, class counts and skipped clips of these sessions."""
     splits = {}
     for split in SPLIT_NAMES:
         recs = [r.record for r in results if r.split == split]
-        index = write_split_index(out_dir / split, split, recs)
         counts: Counter = Counter()
         skipped: Counter = Counter()
         for rec in recs:
@@ -205,12 +363,21 @@ def _write_index_and_manifest(
         splits[split] = {
             "users": sorted({rec["user"] for rec in recs}),
             "sessions": [rec["prefix"] for rec in recs],
-            "nsamples": sum(s["nsamples"] for s in index["shardlist"]),
-            "nshards": len(index["shardlist"]),
-            "index": f"{split}/shardindex.json",
+            "nsamples": sum(e["nsamples"] for rec in recs for e in rec["shards"]),
+            "nshards": sum(len(rec["shards"]) for rec in recs),
             "class_counts": {c.name: counts.get(c.name, 0) for c in OPENPACK_OPERATIONS},
             "skipped": dict(sorted(skipped.items())),
         }
+    return splits
+
+
+def _write_index_and_manifest(
+    cfg: DataConfig, out_dir: Path, config_fp: str, results: list[SessionResult], unassigned: list[str]
+) -> dict:
+    splits = split_stats(results)
+    for split in SPLIT_NAMES:
+        write_split_index(out_dir / split, split, [r.record for r in results if r.split == split])
+        splits[split]["index"] = f"{split}/shardindex.json"
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "vlmchallenge_version": __version__,

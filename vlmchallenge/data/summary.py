@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.pipeline import PrepareResult, SessionResult
+from vlmchallenge.data.shard_writer import atomic_write_text
 from vlmchallenge.data.splits import SPLIT_NAMES
+
+SUBSET_KEYS = {"data.sessions", "data.shard_of"}
 
 
 def session_progress(console: Console) -> tuple[Progress, callable]:
@@ -39,13 +45,22 @@ def session_progress(console: Console) -> tuple[Progress, callable]:
     return progress, update
 
 
-def summary_dict(result: PrepareResult) -> dict:
+def merge_command(overrides: Sequence[str]) -> str:
+    """The command that merges the jobs of a subset run: its overrides minus the subset ones, plus merge=true."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    kept = [o.input_line for o in parsed if o.key_or_group not in SUBSET_KEYS and o.key_or_group != "merge"]
+    return shlex.join(["python", "-m", "vlmchallenge.prepare", *kept, "merge=true"])
+
+
+def summary_dict(result: PrepareResult, merge_cmd: str | None = None) -> dict:
     t = result.totals
     return {
         "out_dir": str(result.out_dir),
-        "splits": {
-            s: {k: v for k, v in result.manifest["splits"][s].items() if k != "sessions"} for s in SPLIT_NAMES
-        },
+        "mode": "merge" if result.merged else "subset" if result.subset else "all",
+        "subset": result.subset,
+        "indexes_written": result.manifest is not None,
+        "merge_command": merge_cmd,
+        "splits": {s: {k: v for k, v in result.splits[s].items() if k != "sessions"} for s in SPLIT_NAMES},
         "unassigned_sessions": result.unassigned,
         "throughput": {
             "seconds": round(t["seconds"], 3),
@@ -61,9 +76,10 @@ def summary_dict(result: PrepareResult) -> dict:
     }
 
 
-def print_summary(result: PrepareResult, console: Console) -> None:
-    splits = result.manifest["splits"]
-    table = Table(title=f"Clips per split and class  ->  {result.out_dir}")
+def print_summary(result: PrepareResult, console: Console, merge_cmd: str | None = None) -> None:
+    splits = result.splits
+    scope = f" (this job: {result.subset})" if result.subset else ""
+    table = Table(title=f"Clips per split and class{scope}  ->  {result.out_dir}")
     table.add_column("class")
     for s in SPLIT_NAMES:
         table.add_column(s, justify="right")
@@ -77,17 +93,32 @@ def print_summary(result: PrepareResult, console: Console) -> None:
         if splits[s]["skipped"]:
             reasons = ", ".join(f"{k}: {v}" for k, v in splits[s]["skipped"].items())
             console.print(f"skipped clips in {s}: {reasons}")
-        if not splits[s]["nsamples"]:
+        if not splits[s]["nsamples"] and not result.subset:
             console.print(f"[yellow]warning: split '{s}' is empty")
     if result.unassigned:
         console.print(f"[yellow]sessions of users in no split (not sharded): {', '.join(result.unassigned)}")
+    if result.merged:
+        console.print(
+            f"merged the done-markers of {len(result.sessions)} sessions into the split indexes and manifest"
+        )
+        return
     tp = summary_dict(result)["throughput"]
     console.print(
         f"{tp['clips_written']} clips written, {tp['frames_decoded']} frames decoded in {tp['seconds']:.1f} s "
         f"({tp['clips_per_s']} clips/s, {tp['frames_per_s']} frames/s)"
     )
+    if result.subset:
+        console.print(
+            "[bold]subset job: split indexes and manifest NOT written[/] (concurrent jobs would race on them). "
+            "When every job has finished, merge:"
+        )
+        console.print(
+            merge_cmd or "python -m vlmchallenge.prepare <the same data overrides> merge=true",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
-def write_summary(result: PrepareResult, path: Path) -> None:
+def write_summary(result: PrepareResult, path: Path, merge_cmd: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary_dict(result), indent=1))
+    atomic_write_text(path, json.dumps(summary_dict(result, merge_cmd), indent=1))

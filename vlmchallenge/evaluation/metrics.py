@@ -35,22 +35,26 @@ class MulticlassBalancedAccuracy(MulticlassStatScores):
         return (tp[present] / support[present]).mean()
 
 
-def clip_metrics(num_classes: int, prefix: str = "", only: tuple[str, ...] | None = None) -> MetricCollection:
+def clip_metrics(
+    num_classes: int, prefix: str = "", only: tuple[str, ...] | None = None, sync_on_compute: bool = True
+) -> MetricCollection:
     """Update with (scores or probabilities (N, K), targets (N,)); argmax is taken for the label metrics.
-    `only` keeps a subset (training logs `acc` and `f1_macro` every validation)."""
-    k = num_classes
+    `only` keeps a subset (training logs `acc` and `f1_macro` every validation). `sync_on_compute`: reduce the
+    states over the ranks of a multi-process run in `compute()` (every rank must call it); off for metrics of
+    data one process already holds in full."""
+    k, kw = num_classes, {"sync_on_compute": sync_on_compute}
     factories = {
-        "acc": lambda: MulticlassAccuracy(k, average="micro"),
-        "balanced_acc": lambda: MulticlassBalancedAccuracy(k),
-        "precision_macro": lambda: MulticlassPrecision(k, average="macro"),
-        "recall_macro": lambda: MulticlassRecall(k, average="macro"),
-        "f1_macro": lambda: MulticlassF1Score(k, average="macro"),
-        "f1_weighted": lambda: MulticlassF1Score(k, average="weighted"),
-        "precision_per_class": lambda: MulticlassPrecision(k, average="none"),
-        "recall_per_class": lambda: MulticlassRecall(k, average="none"),
-        "f1_per_class": lambda: MulticlassF1Score(k, average="none"),
-        "map": lambda: MulticlassAveragePrecision(k, average="macro"),
-        "confusion_matrix": lambda: MulticlassConfusionMatrix(k),
+        "acc": lambda: MulticlassAccuracy(k, average="micro", **kw),
+        "balanced_acc": lambda: MulticlassBalancedAccuracy(k, **kw),
+        "precision_macro": lambda: MulticlassPrecision(k, average="macro", **kw),
+        "recall_macro": lambda: MulticlassRecall(k, average="macro", **kw),
+        "f1_macro": lambda: MulticlassF1Score(k, average="macro", **kw),
+        "f1_weighted": lambda: MulticlassF1Score(k, average="weighted", **kw),
+        "precision_per_class": lambda: MulticlassPrecision(k, average="none", **kw),
+        "recall_per_class": lambda: MulticlassRecall(k, average="none", **kw),
+        "f1_per_class": lambda: MulticlassF1Score(k, average="none", **kw),
+        "map": lambda: MulticlassAveragePrecision(k, average="macro", **kw),
+        "confusion_matrix": lambda: MulticlassConfusionMatrix(k, **kw),
     }
     names = only or tuple(factories)
     return MetricCollection({name: factories[name]() for name in names}, prefix=prefix)
@@ -75,9 +79,10 @@ def check_inputs(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -
 
 
 def compute_clip_metrics(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict:
-    """One-shot evaluation: scalars as floats, per-class lists and the confusion matrix as nested lists."""
+    """One-shot evaluation: scalars as floats, per-class lists and the confusion matrix as nested lists. The
+    inputs are complete (under DDP: every rank's predictions, gathered), so nothing is reduced over ranks."""
     check_inputs(probs, targets, num_classes)
-    metrics = clip_metrics(num_classes)
+    metrics = clip_metrics(num_classes, sync_on_compute=False)
     metrics.update(probs.float(), targets.long())
     out = {}
     for name, value in metrics.compute().items():

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from vlmchallenge.data import locations
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import MANIFEST_NAME, prepare
@@ -135,15 +135,24 @@ def to_example(sample: dict) -> Example:
     return Example(np.stack(frames), int(sample["cls"]), meta)
 
 
-def read_split_index(out_dir: Path, split: str) -> tuple[list[str], int]:
-    path = out_dir / split / INDEX_NAME
-    if not path.exists():
+def read_split_index(out_dir: Path | str, split: str) -> tuple[list[str], int]:
+    """Shard URLs (or paths) and the sample count of one split, from its wids-style index, whose `url`s are
+    relative to the index's folder, so a prepared folder reads the same from disk or after an upload."""
+    path = locations.join(out_dir, split, INDEX_NAME)
+    try:
+        index = locations.read_json(path, "shard index")
+    except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{path}: no shard index; run `python -m vlmchallenge.prepare` for these settings"
-        )
-    index = json.loads(path.read_text())
-    urls = [str(out_dir / split / s["url"]) for s in index["shardlist"]]
-    return urls, sum(s["nsamples"] for s in index["shardlist"])
+        ) from e
+    shards = index.get("shardlist")
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("url"), str) and isinstance(s.get("nsamples"), int)
+        for s in shards
+    ):
+        raise ValueError(f"{path}: expected a `shardlist` of {{url: str, nsamples: int, ...}} entries")
+    urls = [str(locations.join(out_dir, split, s["url"])) for s in shards]
+    return urls, sum(s["nsamples"] for s in shards)
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -177,16 +186,21 @@ class ShardDataModule(pl.LightningDataModule):
         self.resumed_epoch = 0
 
     def prepare_data(self) -> None:
-        """Build (or reuse) the shards for these data settings; runs on one process per node."""
+        """Build (or reuse) the shards for these data settings; runs on one process per node. At a URL nothing
+        is built: `prepare` checks that the uploaded manifest was made with these settings."""
         prepare(self.data, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        manifest = self.out_dir / MANIFEST_NAME
-        if not manifest.exists():
-            raise FileNotFoundError(f"{manifest}: shards not prepared; run `python -m vlmchallenge.prepare`")
-        self.manifest = json.loads(manifest.read_text())
+        manifest = locations.join(self.out_dir, MANIFEST_NAME)
+        try:
+            self.manifest = locations.read_json(manifest, "manifest")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{manifest}: shards not prepared; run `python -m vlmchallenge.prepare`"
+            ) from e
+        locations.check_shard_reader(self.out_dir)
 
     def num_samples(self, split: str) -> int:
         return read_split_index(self.out_dir, split)[1]

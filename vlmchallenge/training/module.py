@@ -11,8 +11,9 @@ from dataclasses import asdict
 import hydra
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from transformers import get_scheduler
 
 from vlmchallenge.evaluation.metrics import clip_metrics
@@ -55,8 +56,13 @@ class VLMClassifier(pl.LightningModule):
         self.scorer = LabelScorer(tokenizer, prompt)
         self.model = None
         k = len(prompt.class_names)
+        # Under DDP each rank evaluates its own shards, so ranks run different numbers of evaluation steps (one
+        # may run none). Everything evaluated is therefore a torchmetrics state, synchronised once per epoch in
+        # `compute()` on every rank, never a per-step `self.log(sync_dist=True)` that an idle rank would miss.
         self.val_metrics = clip_metrics(k, "val/", only=("acc", "f1_macro"))
         self.test_metrics = clip_metrics(k, "test/", only=("acc", "f1_macro"))
+        self.val_metrics.add_metrics({"loss": MeanMetric()})
+        self.test_metrics.add_metrics({"loss": MeanMetric()})
         self.strict_loading = False  # checkpoints hold only the trainable tensors (adapter + saved modules)
         self.test_predictions: list[dict] = []
 
@@ -90,20 +96,22 @@ class VLMClassifier(pl.LightningModule):
                 )
         return loss
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> torch.Tensor:
+    def _evaluate(self, batch: dict, metrics: MetricCollection) -> torch.Tensor:
         scores = self.scorer.score(self.model, batch).to(self.device)
         target = batch["class_index"]
         # teacher-forced loss of the true answer, per token (comparable to train/loss)
         nll = -scores.gather(1, target[:, None]).squeeze(1) / self.scorer.lengths.to(self.device)[target]
-        metrics.update(scores.argmax(1), target)
-        self.log(f"{stage}/loss", nll.mean(), batch_size=len(target), sync_dist=True)
+        preds = scores.argmax(1)
+        for name, metric in metrics.items(keep_base=True):
+            metric.update(nll) if name == "loss" else metric.update(preds, target)
         return scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        # compute() has already reduced over ranks, so every rank logs the same values
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -117,7 +125,7 @@ class VLMClassifier(pl.LightningModule):
                     {"meta": meta, "target": y, "pred": self.prompt.parse(answer), "text": answer}
                 )
             return
-        scores = self._evaluate(batch, self.test_metrics, "test")
+        scores = self._evaluate(batch, self.test_metrics)
         probs = scores.softmax(1).cpu()
         for meta, p, y in zip(batch["meta"], probs, targets, strict=True):
             self.test_predictions.append(
@@ -129,8 +137,9 @@ class VLMClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         if self.test_mode == "score":
-            self.log_dict(self.test_metrics.compute(), sync_dist=True)
+            self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
+        self.test_predictions = gather_predictions(self.test_predictions)
 
     # ------------------------------------------------------------------ optimisation
 
@@ -158,3 +167,16 @@ class VLMClassifier(pl.LightningModule):
         full = super().state_dict(*args, **kwargs)
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         return {k: v for k, v in full.items() if k in trainable or not k.startswith("model.")}
+
+
+def gather_predictions(local: list[dict]) -> list[dict]:
+    """Every rank's per-clip predictions, on every rank, in key order (the same list a 1-process run makes).
+    Each clip lives in exactly one rank's shards, so a key seen twice is a data-split bug, not a duplicate."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        local = [p for part in parts for p in part]
+    keys = [p["meta"]["key"] for p in local]
+    if len(set(keys)) != len(keys):
+        raise RuntimeError("a clip was evaluated by more than one rank; the evaluation split is not disjoint")
+    return sorted(local, key=lambda p: p["meta"]["key"])
