@@ -58,3 +58,32 @@ def test_vram_callback_measures_the_peak_against_its_prediction(tmp_path, shared
     metrics = result.metrics
     assert metrics["vram/measured_allocated_gib"] > 0
     assert metrics["vram/predicted_allocated_gib"] > 0
+
+
+def test_fsdp_wraps_the_blocks_and_keeps_checkpoints_adapter_only(tmp_path, shared_data_dir):
+    """`trainer=fsdp` on one GPU (torch's FSDP has no CPU backend): the decoder layers and vision blocks are
+    FSDP units with activation checkpointing, and last.ckpt holds exactly the trainable tensors a plain run
+    saves, so export reads it without FSDP."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from vlmchallenge.assembly import assemble, settings_from_config
+    from vlmchallenge.workflows import export_checkpoint
+
+    overrides = ["trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1"]
+    cfg = compose_train(tmp_path / "run", shared_data_dir, overrides, log_dir=tmp_path)
+    result = train(cfg)
+    assert math.isfinite(result.metrics["train/loss"])
+    assert "test/openpack_f1_macro" in result.metrics
+    assert (result.export_dir / "model.safetensors").exists()  # rebuilt from the best checkpoint on rank 0
+    units = FullyShardedDataParallel.fsdp_modules(result.components.trainer.strategy.model)
+    wrapped = {type(getattr(u.module, "_checkpoint_wrapped_module", u.module)).__name__ for u in units}
+    assert {"Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"} <= wrapped
+    assert any(type(u.module).__name__ == "CheckpointWrapper" for u in units)
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    plain = assemble(settings_from_config(cfg), "export").module
+    plain.configure_model()
+    assert set(saved) == set(plain.state_dict())
+    assert (export_checkpoint(ckpt, str(shared_data_dir), tmp_path / "export") / "model.safetensors").exists()

@@ -152,3 +152,14 @@ def test_the_printed_merge_command_merges_the_jobs(synthetic_root, tmp_path, cap
         summary["splits"][s]["nsamples"] for s in ("train", "val", "test")
     ]
     assert all(n > 0 for n in (summary["splits"][s]["nsamples"] for s in ("train", "val", "test")))
+
+
+def test_training_refuses_a_subset_job_s_settings(data_cfg):
+    """A subset job's settings name part of a dataset; a run on them would train on whatever the last merge
+    published, so the datamodule refuses them up front."""
+    from vlmchallenge.training.config import DataLoaderConfig
+    from vlmchallenge.training.datamodule import ShardDataModule
+
+    data_cfg.shard_of = "0/2"
+    with pytest.raises(ValueError, match=r"data.sessions / data.shard_of .* merge=true"):
+        ShardDataModule(data_cfg, DataLoaderConfig())

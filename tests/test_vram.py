@@ -228,3 +228,26 @@ def test_cli_prints_a_plan_without_downloading(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plan: micro-batch" in proc.stdout and "global batch 16" in proc.stdout
     assert (tmp_path / "vram.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world", "per_rank"),
+    [
+        (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], 8, 2),  # global 16 over 8 ranks
+        (["trainer=ddp", "trainer.devices=2"], 2, 8),
+        (["trainer=ddp", "trainer.devices=4", "vram.global_batch_size=null"], 4, 2),  # micro-batch 2 per rank
+    ],
+)
+def test_the_vram_cli_plans_per_rank(overrides, world, per_rank, _clear_hydra):
+    """`vlmchallenge.vram` splits the global batch over devices x nodes, as the training callback does."""
+    from hydra import compose, initialize_config_dir
+
+    import vlmchallenge.conf_schema  # noqa: F401
+    from tests.helpers.runs import CONF_DIR
+    from vlmchallenge.workflows import plan_memory
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=qwen2vl_7b_qlora", "vram.budget_gib=80", *overrides])
+    plan = plan_memory(cfg)
+    assert plan.world_size == world
+    assert plan.micro_batch * plan.accumulate == per_rank

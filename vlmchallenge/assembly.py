@@ -28,6 +28,7 @@ from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule
 from vlmchallenge.training.module import VLMClassifier
 from vlmchallenge.training.random_state import RandomStateCheckpoint
+from vlmchallenge.training.strategies import deepspeed_stage, strategy_kind
 from vlmchallenge.utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 STAGES = ("fit", "evaluate", "export")
@@ -138,6 +139,47 @@ def settings_from_export(export_dir: str | Path, cfg: DictConfig) -> RunSettings
     )
 
 
+FSDP_PARAM_DTYPES = {
+    "bf16": "bfloat16",
+    "16": "float16",
+    "32": "float32",
+}  # trainer.precision prefix -> dtype
+
+
+def check_strategy(settings: RunSettings, trainer: DictConfig | None) -> None:
+    """Refuse strategy/model combinations that cannot train, before anything is loaded; under FSDP store 4-bit
+    weights in the compute dtype (docs/scaling.md §3)."""
+    strategy = trainer.get("strategy") if trainer is not None else None
+    kind, q = strategy_kind(strategy), settings.model.quantization
+    if kind == "deepspeed" and q.enabled and deepspeed_stage(strategy) == 3:
+        raise ValueError(
+            "trainer.strategy: DeepSpeed ZeRO-3 cannot partition bitsandbytes 4-bit weights "
+            "(model.quantization.enabled=true; https://github.com/huggingface/peft/issues/2014). Use trainer=ddp, "
+            "trainer=deepspeed_zero2, or trainer=fsdp (4-bit weights stored in the compute dtype)"
+        )
+    if kind != "fsdp":
+        return
+    if trainer.get("accelerator") == "cpu":
+        raise ValueError(
+            "trainer=fsdp needs CUDA devices (torch's FSDP has no CPU backend) but trainer.accelerator=cpu; "
+            "use trainer=ddp on CPU"
+        )
+    if not q.enabled:
+        return
+    if q.quant_storage is None:
+        q.quant_storage = q.compute_dtype
+    # Lightning's FSDP precision casts every block to this dtype; a cast of the packed 4-bit storage corrupts it
+    precision = str(trainer.get("precision", "32-true"))
+    cast_to = FSDP_PARAM_DTYPES.get(precision.split("-")[0], q.quant_storage)
+    if not q.quant_storage == q.compute_dtype == settings.model.dtype == cast_to:
+        raise ValueError(
+            "FSDP with a 4-bit base shards each block as one tensor of one dtype: model.dtype, "
+            "model.quantization.compute_dtype, model.quantization.quant_storage and the dtype of "
+            f"trainer.precision must match, got {settings.model.dtype}, {q.compute_dtype}, {q.quant_storage} "
+            f"and {cast_to} ({precision})"
+        )
+
+
 @dataclass
 class Components:
     settings: RunSettings
@@ -171,6 +213,8 @@ def assemble(
     settings.validate()
     if stage == "fit" and settings.optim is None:
         raise ValueError("the fit stage needs optimizer settings (optim)")
+    if stage == "fit":
+        check_strategy(settings, trainer)
     processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler)
     prompt = settings.class_prompt()
     datamodule = ShardDataModule(

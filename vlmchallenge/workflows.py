@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
 
 from vlmchallenge.assembly import (
@@ -110,7 +111,9 @@ def train(cfg: DictConfig) -> TrainResult:
             )
             result.metrics["test/openpack_f1_macro"] = report["openpack_official"]["f1_macro"]
     if cfg.get("export") and not trainer.fast_dev_run and trainer.is_global_zero:
-        result.export_dir = export_components(parts, Path(cfg.paths.output_dir) / "export")
+        result.export_dir = export_trained(
+            parts, result.best_checkpoint, Path(cfg.paths.output_dir) / "export"
+        )
     print_locations(
         {
             "run dir": cfg.paths.output_dir,
@@ -125,6 +128,19 @@ def train(cfg: DictConfig) -> TrainResult:
         if key in result.metrics:
             rank_zero_info(f"{key} = {result.metrics[key]:.4f}")
     return result
+
+
+def export_trained(parts: Components, best_checkpoint: str | None, out_dir: Path) -> Path:
+    """The export of a finished run, written by rank 0. Under FSDP each rank holds only a shard of the weights
+    after fitting, so the export is rebuilt from the best checkpoint (one full, adapter-only state dict,
+    docs/scaling.md §3.1) without any collective; otherwise the live module already holds the tested weights."""
+    if isinstance(parts.trainer.strategy, FSDPStrategy):
+        if not best_checkpoint:
+            raise ValueError(
+                "export under FSDP needs a checkpoint to rebuild from; enable the model checkpoint"
+            )
+        return export_checkpoint(best_checkpoint, parts.settings.data_dir, out_dir)
+    return export_components(parts, out_dir)
 
 
 def export_components(parts: Components, out_dir: Path) -> Path:
@@ -220,12 +236,11 @@ def plan_memory(cfg: DictConfig) -> BatchPlan:
     vision = vision_tokens_per_clip(sampler.num_frames, w, h)
     inputs = footprint_inputs(model, optim, vision + cfg.vram.text_tokens, vision)
     arch = architecture_from_config(model_config_for(model))
-    global_batch = cfg.vram.global_batch_size or cfg.dataloader.batch_size
     devices = cfg.trainer.get("devices", 1)
-    world = devices if isinstance(devices, int) else 1
-    plan = plan_batches(
-        arch, inputs, int(cfg.vram.budget_gib * GIB), global_batch * world, world, cfg.vram.margin
-    )
+    world = (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes") or 1)
+    # as the VRAMPlanner callback does: the global batch is split over the ranks, each rank plans its share
+    global_batch = cfg.vram.global_batch_size or cfg.dataloader.batch_size * world
+    plan = plan_batches(arch, inputs, int(cfg.vram.budget_gib * GIB), global_batch, world, cfg.vram.margin)
     print_plan(model.name, inputs, plan)
     if cfg.vram.chart:
         breakdown_png({f"b={plan.micro_batch}": plan.terms}, Path(cfg.vram.chart))

@@ -70,3 +70,8 @@ class TrainCollator(_Base):
 class PromptCollator(_Base):
     def __call__(self, examples: list[Example]) -> dict:
         return self._encode([self.prompt_text] * len(examples), examples, "left")
+
+
+def batch_size(batch: dict) -> int:
+    """Clips in a collated batch (e.g. `batch_size_fn` of Lightning's `ThroughputMonitor`)."""
+    return int(batch["input_ids"].shape[0])

@@ -32,6 +32,9 @@ class QuantizationSettings:
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
     skip_modules: list[str] = field(default_factory=lambda: ["model.visual", "lm_head"])
+    # the dtype the packed 4-bit weights are stored in; null: bitsandbytes' uint8. FSDP shards only float tensors
+    # of one dtype per block, so under FSDP assembly sets it to the compute dtype (docs/scaling.md §3)
+    quant_storage: str | None = None
 
 
 @dataclass
@@ -53,6 +56,11 @@ class ModelConfig:
             raise ValueError("model: set exactly one of model.pretrained (hub id or folder) and model.tiny")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        storage = self.quantization.quant_storage
+        if storage is not None and storage not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"model.quantization.quant_storage: expected null, float32, bfloat16 or float16, got {storage!r}"
+            )
         if self.quantization.enabled and not self.lora.enabled:
             raise ValueError(
                 "model.quantization.enabled needs model.lora.enabled: a 4-bit base cannot be trained"

@@ -56,12 +56,14 @@ def quantization_config(cfg: ModelConfig):
     from transformers import BitsAndBytesConfig
 
     q = cfg.quantization
+    storage = {} if q.quant_storage is None else {"bnb_4bit_quant_storage": DTYPES[q.quant_storage]}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
         llm_int8_skip_modules=list(q.skip_modules),
+        **storage,  # FSDP-QLoRA (docs/scaling.md §3); unset keeps bitsandbytes' uint8
     )
 
 

@@ -171,6 +171,11 @@ class ShardDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         dataloader.validate()
+        if data.is_subset:
+            raise ValueError(
+                "data.sessions / data.shard_of pick the sessions of one `prepare` job; training and evaluation "
+                "read the whole merged dataset: run `python -m vlmchallenge.prepare ... merge=true` and drop them"
+            )
         self.save_hyperparameters(
             {"data": asdict(data), "dataloader": asdict(dataloader), "seed": seed, "test_split": test_split},
             logger=False,

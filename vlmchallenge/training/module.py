@@ -166,7 +166,7 @@ class VLMClassifier(pl.LightningModule):
         reloaded from `pretrained`)."""
         full = super().state_dict(*args, **kwargs)
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        return {k: v for k, v in full.items() if k in trainable or not k.startswith("model.")}
+        return adapter_only(full, trainable)
 
 
 def gather_predictions(local: list[dict]) -> list[dict]:
@@ -180,3 +180,9 @@ def gather_predictions(local: list[dict]) -> list[dict]:
     if len(set(keys)) != len(keys):
         raise RuntimeError("a clip was evaluated by more than one rank; the evaluation split is not disjoint")
     return sorted(local, key=lambda p: p["meta"]["key"])
+
+
+def adapter_only(state: dict, trainable: set[str]) -> dict:
+    """What an adapter-only checkpoint keeps of a module's state dict: the trainable `model.*` tensors and
+    everything outside `model.` (the frozen base is reloaded from `pretrained`)."""
+    return {k: v for k, v in state.items() if k in trainable or not k.startswith("model.")}
