@@ -62,6 +62,18 @@ def test_train_epoch_is_exact_per_rank_and_batch_size_is_read_late(prepared):
     assert all(len(b) == 3 for b in batches)
 
 
+def test_ranks_stream_different_training_batches(prepared):
+    """The rank is part of the train stream's seed. Checked in one process: under real DDP webdataset's
+    `ResampledShards` also mixes in the torch.distributed rank, which would hide a stream seeded without it."""
+
+    def keys(rank):
+        dm = make_dm(prepared, num_workers=0, batch_size=4)
+        dm.rank, dm.world_size = rank, 2
+        return [k for b in dm.train_dataloader() for k in b]
+
+    assert keys(0) != keys(1)
+
+
 def test_train_stream_is_reproducible_for_a_seed(prepared):
     a = [k for b in make_dm(prepared, num_workers=0, batch_size=4, seed=1).train_dataloader() for k in b]
     b = [k for b in make_dm(prepared, num_workers=0, batch_size=4, seed=1).train_dataloader() for k in b]

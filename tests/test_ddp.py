@@ -44,6 +44,9 @@ def run_dirs(log_dir: Path) -> list[Path]:
 
 def launch(cmd: list[str], log_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     full = [*cmd, "-m", "vlmchallenge.train", *DDP, f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
+    full.append(
+        "+callbacks.export_recorder._target_=tests.helpers.recorders.ExportRecorder"
+    )  # subprocesses only
     proc = subprocess.run([*full, *overrides], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -77,6 +80,7 @@ def test_two_ranks_score_each_test_clip_once_and_write_one_report(chain):
     (index,) = (data_dir / "shards").glob("*/test/shardindex.json")
     assert len(json.loads(index.read_text())["shardlist"]) >= 2
     assert (run / "export" / "vlmchallenge.json").exists()
+    assert [p.name for p in run.glob("exported_by_rank*")] == ["exported_by_rank0"]  # rank 1 does not export
     printed = proc.stdout + proc.stderr  # both ranks write to these pipes (Lightning starts rank 1 with them)
     for line in SUMMARY_LINES:  # rank 0 prints the summary, rank 1 nothing
         assert printed.count(line) == 1, line
@@ -158,6 +162,10 @@ def test_resume_two_ranks_on_one_then_one_on_two_under_torchrun(chain, tmp_path)
     ]
     launch(torchrun, tmp_path / "tr", data_dir, "trainer.max_epochs=3", f"ckpt_path={one_ckpt}")
     (run,) = run_dirs(tmp_path / "tr")  # not one folder per rank
+    assert (
+        run / "train_batches.rank1.json"
+    ).exists()  # rank 1 wrote into rank 0's folder, not its working dir
+    assert [p.name for p in run.glob("exported_by_rank*")] == ["exported_by_rank0"]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     assert len(predictions(run)) == split_size(data_dir, "test")
     assert (run / "export" / "vlmchallenge.json").exists()
@@ -165,5 +173,5 @@ def test_resume_two_ranks_on_one_then_one_on_two_under_torchrun(chain, tmp_path)
     assert out[0] and out[1]
     for line in SUMMARY_LINES:
         assert line in out[0] and line not in out[1], line
-    assert "Writing model shards" in out[0] and "Writing model shards" not in out[1]  # the export
     assert not (REPO / ".hydra").exists() and not list(REPO.glob("train_ddp_process_*.log"))
+    assert not list(REPO.glob("train_batches.rank*.json"))
