@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train test bench lint format clean clean-data
+.PHONY: help install prepare train test bench gpu-check lint format clean clean-data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/prepare.py $(ARGS)
 	$(BIN)/python bench/train_step.py $(ARGS)
 	$(BIN)/python bench/scoring.py $(ARGS)
+
+gpu-check: install ## On a GPU machine: pytest -m gpu + VRAM validation + DDP scaling (DRY_RUN=1: CPU paths)
+	bench/gpu_check.sh
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check vlmchallenge tests bench

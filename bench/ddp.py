@@ -69,7 +69,14 @@ def samples_per_s(run_root: Path, world: int) -> float:
 
 
 def run(
-    devices: int, threads: int | None, steps: int, window: int, batch: int, data_dir: str, gpu: bool
+    devices: int,
+    threads: int | None,
+    steps: int,
+    window: int,
+    batch: int,
+    workers: int,
+    data_dir: str,
+    gpu: bool,
 ) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         device = (
@@ -86,6 +93,7 @@ def run(
             *device,
             f"trainer.limit_train_batches={steps}",
             f"dataloader.batch_size={batch}",
+            f"dataloader.num_workers={workers}",
             f"+callbacks.throughput.window_size={window}",
             f"paths.data_dir={data_dir}",
             f"paths.log_dir={tmp}",
@@ -109,6 +117,7 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads per process on CPU (0: torch's default)"
     )
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank (0: load in the rank)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gpu", action="store_true", help="GPUs + NCCL, bf16 (trainer=ddp defaults)")
     p.add_argument("--write", action="store_true")
@@ -118,7 +127,10 @@ def main() -> None:
     threads = None if a.gpu or a.threads == 0 else a.threads
 
     def median(devices: int, thr: int | None) -> tuple[float, list[float]]:
-        runs = [run(devices, thr, a.steps, a.window, a.batch, a.data_dir, a.gpu) for _ in range(a.repeats)]
+        runs = [
+            run(devices, thr, a.steps, a.window, a.batch, a.workers, a.data_dir, a.gpu)
+            for _ in range(a.repeats)
+        ]
         return statistics.median(runs), runs
 
     one, one_runs = median(1, threads)
@@ -144,7 +156,7 @@ def main() -> None:
         f"- Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}, {backend}.",
         f"- Config: default tiny Qwen2-VL + LoRA on synthetic shards (4 users x 2 boxes), micro-batch {a.batch} "
-        f"per rank, {a.steps} steps per rank; samples/s = Lightning `ThroughputMonitor` over the last "
+        f"per rank, {a.workers} loader workers per rank, {a.steps} steps per rank; samples/s = Lightning `ThroughputMonitor` over the last "
         f"{a.window} steps; median of {a.repeats}.",
         "",
         "| run | samples/s | runs |",
