@@ -144,3 +144,8 @@ def test_balanced_stream_evens_out_class_frequencies(prepared):
     assert spread(balanced) < spread(natural)
     with pytest.raises(ValueError, match="class_balance"):
         ShardDataModule(prepared, DataLoaderConfig(class_balance=2.0))
+
+
+def test_one_process_prepares_for_all_nodes(prepared):
+    """Multi-node ranks share the shard folder; Lightning must call `prepare_data` on global rank 0 only."""
+    assert make_dm(prepared).prepare_data_per_node is False

@@ -189,6 +189,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.out_dir = data.resolved_out_dir(data_dir)
         self.manifest: dict | None = None
         self.resumed_epoch = 0
+        # Multi-node runs share one filesystem (they share the run folder too): one process prepares while the
+        # others wait, instead of one per node writing the same shard files at once (docs/scaling.md §1.3)
+        self.prepare_data_per_node = False
 
     def prepare_data(self) -> None:
         """Build (or reuse) the shards for these data settings; runs on one process per node. At a URL nothing
