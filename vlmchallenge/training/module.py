@@ -110,8 +110,9 @@ class VLMClassifier(pl.LightningModule):
         self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        # compute() has already reduced over ranks, so every rank logs the same values
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        # compute() has already reduced over ranks, so every rank logs the same values; sync_dist (a mean of
+        # equal values, called by every rank here) only tells Lightning they are global
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -137,7 +138,7 @@ class VLMClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         if self.test_mode == "score":
-            self.log_dict(self.test_metrics.compute())
+            self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
         self.test_predictions = gather_predictions(self.test_predictions)
 
