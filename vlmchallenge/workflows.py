@@ -107,7 +107,11 @@ def train(cfg: DictConfig) -> TrainResult:
         if not trainer.fast_dev_run and trainer.is_global_zero:  # the evaluator's report for the test stage
             result.report_dir = Path(cfg.paths.output_dir) / "eval"
             report = build_report(
-                module.test_predictions, parts.prompt.class_names, parts.settings.data, result.report_dir
+                module.test_predictions,
+                parts.prompt.class_names,
+                parts.settings.data,
+                result.report_dir,
+                shard_dir=datamodule.out_dir,
             )
             result.metrics["test/openpack_f1_macro"] = report["openpack_official"]["f1_macro"]
     if cfg.get("export") and not trainer.fast_dev_run and trainer.is_global_zero:
@@ -185,6 +189,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         cfg.mode,
         {"source": str(cfg.ckpt or cfg.export_dir), "split": cfg.split},
         cfg.null_handling,
+        shard_dir=parts.datamodule.out_dir,
     )
     print_locations({"report": out / "report.md", "submission": out / "submission.zip"})
     print(
@@ -245,3 +250,60 @@ def plan_memory(cfg: DictConfig) -> BatchPlan:
     if cfg.vram.chart:
         breakdown_png({f"b={plan.micro_batch}": plan.terms}, Path(cfg.vram.chart))
     return plan
+
+
+def annotate(cfg: DictConfig) -> dict:
+    """A whole recording through an export folder -> the per-second timeline, operations.csv, submission,
+    plot and annotate.json in `cfg.out_dir` (default: the run folder); the official macro-F1 when the
+    recording has 1-Hz ground truth. Returns the annotate.json metadata."""
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    from vlmchallenge.serving.annotation_outputs import write_outputs
+    from vlmchallenge.serving.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
+    from vlmchallenge.serving.inference import VLMInference
+    from vlmchallenge.serving.recordings import open_recording, parse_time
+    from vlmchallenge.serving.segments import Smoothing
+
+    smoothing = Smoothing(**cfg.smoothing)
+    smoothing.validate()  # before anything loads
+    start, end = parse_time(cfg.start, "start"), parse_time(cfg.end, "end")
+    recording = open_recording(
+        cfg.input,
+        cfg.kind,
+        cfg.user,
+        cfg.session,
+        cfg.source,
+        cfg.video_pattern,
+        cfg.video_time_origin,
+        cfg.ground_truth,
+    )
+    inference = VLMInference(cfg.export_dir, cfg.device)
+    settings = AnnotateSettings(cfg.window_s, cfg.stride_s, cfg.min_frames, cfg.batch_size)
+    annotator = RecordingAnnotator(inference, settings)
+    console = Console()
+    progress, update = annotate_progress(console) if cfg.progress else (nullcontext(), None)
+    with progress:
+        annotation = annotator.annotate(recording.source, start, end, update)
+    out = Path(cfg.out_dir or cfg.paths.output_dir)
+    model = {"export_dir": str(cfg.export_dir), "base_model": inference.meta.get("base_model")}
+    meta = write_outputs(
+        annotation,
+        out,
+        recording.user,
+        recording.session,
+        recording.ground_truth,
+        smoothing,
+        cfg.probabilities,
+        {"input": str(cfg.input), "kind": recording.kind, "model": model},
+    )
+    print_locations({"outputs": out, "operations": out / "operations.csv", "timeline": out / "timeline.png"})
+    console.print(
+        f"{annotation.duration_s:.0f} s annotated in {annotation.wall_s:.1f} s "
+        f"({annotation.realtime_factor:.1f}x real time); {meta['segments']} segments; "
+        f"seconds: {meta['seconds']}"
+    )
+    if meta["openpack_official"]:
+        console.print(f"OpenPack macro-F1 (1 s): {meta['openpack_official']['f1_macro']:.4f}")
+    return meta

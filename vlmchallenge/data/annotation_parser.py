@@ -96,9 +96,11 @@ class SecondLabels:
     op_ids: tuple[int, ...]
 
 
-def _read_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+def _read_rows(
+    path: str | Path, required: tuple[str, ...], content: bytes | None = None
+) -> list[tuple[int, dict[str, str]]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = (Path(path).read_bytes() if content is None else content).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise AnnotationError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     if "\x00" in text:
@@ -129,7 +131,7 @@ def _read_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[st
     return rows
 
 
-def _int_field(path: Path, line: int, row: dict[str, str], field: str) -> int:
+def _int_field(path: str | Path, line: int, row: dict[str, str], field: str) -> int:
     raw = row[field].strip()
     try:
         return int(raw)
@@ -137,7 +139,7 @@ def _int_field(path: Path, line: int, row: dict[str, str], field: str) -> int:
         raise AnnotationError(path, line, f"field '{field}': expected an integer, got {raw!r}") from None
 
 
-def _op_id(path: Path, line: int, row: dict[str, str], allow_null: bool) -> int:
+def _op_id(path: str | Path, line: int, row: dict[str, str], allow_null: bool) -> int:
     op_id = _int_field(path, line, row, "id")
     known = sorted(ID_TO_CLASS) if allow_null else sorted(i for i in ID_TO_CLASS if i != NULL_ID)
     if op_id not in known:
@@ -148,7 +150,7 @@ def _op_id(path: Path, line: int, row: dict[str, str], allow_null: bool) -> int:
 
 
 def _user_session(
-    path: Path, line: int, row: dict[str, str], expect: tuple[str, str] | None
+    path: str | Path, line: int, row: dict[str, str], expect: tuple[str, str] | None
 ) -> tuple[str, str]:
     user, session = row["user"].strip(), row["session"].strip()
     if not _USER.match(user):
@@ -220,13 +222,15 @@ def parse_operations_csv(path: str | Path) -> OperationAnnotation:
     return OperationAnnotation(str(path), expect[0], expect[1], tuple(segments), tuple(gaps))
 
 
-def parse_operations_1hz_csv(path: str | Path) -> SecondLabels:
-    """Parse `openpack-operations-1hz/SXXXX.csv`: strictly increasing whole-second unixtime, known ids."""
-    path = Path(path)
+def parse_operations_1hz_csv(path: str | Path, content: bytes | None = None) -> SecondLabels:
+    """Parse `openpack-operations-1hz/SXXXX.csv`: strictly increasing whole-second unixtime, known ids.
+    `content`: the file's bytes when they were read elsewhere (e.g. from a shard URL); `path` then only names
+    the source in errors (a URL stays a string: `Path` would fold its `//`)."""
+    path = Path(path) if content is None else str(path)
     times: list[int] = []
     ids: list[int] = []
     expect: tuple[str, str] | None = None
-    for line, row in _read_rows(path, OPERATION_1HZ_COLUMNS):
+    for line, row in _read_rows(path, OPERATION_1HZ_COLUMNS, content):
         expect = _user_session(path, line, row, expect)
         t = _int_field(path, line, row, "unixtime")
         if t % 1000:

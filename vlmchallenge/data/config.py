@@ -17,7 +17,7 @@ from vlmchallenge.data.shard_writer import ShardConfig
 from vlmchallenge.data.splits import SplitConfig
 from vlmchallenge.data.synthetic import GENERATOR_VERSION, SyntheticConfig
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the 1-Hz ground truth is copied into the shard folder (docs/architecture.md)
 _SESSION_NAME = re.compile(r"^U\d{4}/S\d{4}$")
 _SHARD_OF = re.compile(r"^(\d+)/(\d+)$")
 

@@ -136,6 +136,11 @@ class FrameSampler:
         source_size = image.size
         if image.format == "JPEG":
             image.draft("RGB", self.draft_size(*source_size))
+        return self.as_stored(image, source_size)
+
+    def as_stored(self, image: Image.Image, source_size: tuple[int, int]) -> np.ndarray:
+        """A frame already decoded (draft-decoded to `draft_size` when it was a JPEG) -> the pixels a shard
+        holds for it: crop, resize, then the shards' JPEG round trip. `source_size` is the undrafted size."""
         with Image.open(io.BytesIO(self.encode(self.process(image, source_size)))) as stored:
             return np.asarray(stored.convert("RGB"))
 

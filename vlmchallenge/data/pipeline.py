@@ -21,6 +21,7 @@ from vlmchallenge.data.config import MANIFEST_VERSION, DataConfig
 from vlmchallenge.data.frame_sampler import FrameSampler, SessionFrameCache
 from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions, open_source
 from vlmchallenge.data.shard_writer import (
+    atomic_write_bytes,
     atomic_write_text,
     sample_key,
     write_session_shards,
@@ -30,6 +31,7 @@ from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.synthetic import generate as generate_synthetic
 
 MANIFEST_NAME = "manifest.json"
+GROUND_TRUTH_SUFFIX = ".operations-1hz.csv"  # <split>/<USER>-<SESSION>.operations-1hz.csv
 
 
 @dataclass
@@ -79,6 +81,18 @@ def _clip_sample(clip, clip_no: int, frames: list[bytes], frame_ts: list[int], s
     return sample
 
 
+def copy_ground_truth(ref: SessionRef, split_dir: Path) -> dict | None:
+    """Copy the session's 1-Hz ground truth (the official score's truth) beside its shards, bytes unchanged, so
+    an evaluation needs only the shard folder. Its entry for the done-marker; None when the session has none."""
+    if ref.operations_1hz_csv is None:
+        return None
+    raw = ref.operations_1hz_csv.read_bytes()
+    name = f"{ref.key}{GROUND_TRUTH_SUFFIX}"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(split_dir / name, raw)
+    return {"file": name, "sha256": hashlib.sha256(raw).hexdigest()}
+
+
 def process_session(
     cfg: DataConfig, ref: SessionRef, split: str, out_dir: Path, config_fp: str
 ) -> SessionResult:
@@ -88,11 +102,14 @@ def process_session(
     source = open_source(ref, ann, cfg.source, cfg.root, cfg.video_pattern, cfg.video_time_origin)
     built = build_clips(ann, source.timestamps_ms, cfg.clips)
     sampler = FrameSampler(cfg.sampler)
+    # written first (and on every run: a few kB), so a done-marker always has its ground truth beside it
+    ground_truth = copy_ground_truth(ref, out_dir / split)
     fp = hashlib.sha256(
         "|".join(
             [
                 config_fp,
                 hashlib.sha256(ref.operations_csv.read_bytes()).hexdigest(),
+                ground_truth["sha256"] if ground_truth else "no-1hz",  # new truth: a new marker record
                 *source.fingerprint_parts(),
             ]
         ).encode()
@@ -118,6 +135,7 @@ def process_session(
         "skipped": dict(sorted(built.skipped.items())),
         "gaps": len(ann.gaps),
         "source_frames": int(len(source.timestamps_ms)),
+        "ground_truth_1hz": ground_truth,  # relative to the split folder, like the shards' `url`
         "config_fingerprint": config_fp,  # what `merge_jobs` checks: every job used the same settings
     }
     record = write_session_shards(
@@ -187,6 +205,18 @@ def verify_published(cfg: DataConfig, data_dir: str | Path, t0: float) -> Prepar
     return PrepareResult(url, manifest, [], unassigned, seconds, totals, manifest.get("splits", {}))
 
 
+def reuse_without_raw_tree(cfg: DataConfig, out_dir: Path, config_fp: str, t0: float) -> PrepareResult:
+    """A finished folder whose raw tree is gone (shards copied to another machine, or the raw data deleted):
+    used as it is, since it holds everything training and evaluation read, the 1-Hz ground truth included.
+    Nothing can be rebuilt or checked against the sources, so the settings must match the manifest's."""
+    _check_out_dir(out_dir, config_fp, overwrite=False)
+    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
+    seconds = time.perf_counter() - t0
+    totals = {"sessions": 0, "clips_written": 0, "frames_decoded": 0, "seconds": seconds}
+    unassigned = manifest.get("unassigned_sessions", [])
+    return PrepareResult(out_dir, manifest, [], unassigned, seconds, totals, manifest.get("splits", {}))
+
+
 def plan_sessions(cfg: DataConfig) -> tuple[list[tuple[str, SessionRef]], list[str]]:
     """Every session whose user is in a split, as (split, ref) in sorted order, and the keys of the others."""
     user_split = cfg.splits.user_to_split()
@@ -237,10 +267,13 @@ def prepare(
             "data.shards.overwrite=true deletes the whole output folder, which the other subset jobs share; "
             "clear it once before starting the jobs instead"
         )
-    if cfg.synthetic is not None:
-        generate_synthetic(cfg.synthetic, cfg.root, workers=cfg.shards.workers)
     out_dir = cfg.resolved_out_dir(data_dir)
     config_fp = cfg.fingerprint()
+    finished = (out_dir / MANIFEST_NAME).is_file() and not cfg.shards.overwrite
+    if finished and not cfg.is_subset and not Path(cfg.root).exists():
+        return reuse_without_raw_tree(cfg, out_dir, config_fp, t0)
+    if cfg.synthetic is not None:
+        generate_synthetic(cfg.synthetic, cfg.root, workers=cfg.shards.workers)
     tasks, unassigned = plan_sessions(cfg)
     subset = None
     if cfg.is_subset:
@@ -322,6 +355,10 @@ def merge_jobs(cfg: DataConfig, data_dir: str | Path = "data") -> PrepareResult:
             path = out_dir / split / shard["url"]
             if not path.is_file() or path.stat().st_size != shard["filesize"]:
                 broken.append(str(path))
+        if truth := record.get("ground_truth_1hz"):
+            path = out_dir / split / truth["file"]
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != truth["sha256"]:
+                broken.append(str(path))
         results.append(SessionResult(split, ref.key, {**record, "resumed": "complete"}, 0, 0, 0.0))
     if unfinished:
         names = ",".join(f"{r.user}/{r.session}" for r in unfinished)
@@ -338,7 +375,8 @@ def merge_jobs(cfg: DataConfig, data_dir: str | Path = "data") -> PrepareResult:
         )
     if broken:
         raise FileNotFoundError(
-            f"merge: shards listed by done-markers are missing or of another size: {', '.join(broken)}; delete "
+            "merge: shards (or 1-Hz ground-truth copies, checked by sha256) listed by done-markers are missing "
+            f"or of another size: {', '.join(broken)}; delete "
             "those sessions' .done.json markers and rerun their jobs (finished shards are reused)"
         )
     results.sort(key=lambda r: (SPLIT_NAMES.index(r.split), r.key))
@@ -348,6 +386,11 @@ def merge_jobs(cfg: DataConfig, data_dir: str | Path = "data") -> PrepareResult:
     return PrepareResult(
         out_dir, manifest, results, unassigned, seconds, totals, manifest["splits"], merged=True
     )
+
+
+def _from_manifest(split: str, entry: dict | None) -> dict | None:
+    """A done-marker's ground-truth entry with its file relative to the manifest's folder instead."""
+    return None if entry is None else {**entry, "file": f"{split}/{entry['file']}"}
 
 
 def split_stats(results: list[SessionResult]) -> dict:
@@ -367,6 +410,10 @@ def split_stats(results: list[SessionResult]) -> dict:
             "nshards": sum(len(rec["shards"]) for rec in recs),
             "class_counts": {c.name: counts.get(c.name, 0) for c in OPENPACK_OPERATIONS},
             "skipped": dict(sorted(skipped.items())),
+            # session -> its 1-Hz ground truth, relative to the manifest's folder (null: the raw tree had none)
+            "ground_truth_1hz": {
+                rec["prefix"]: _from_manifest(split, rec["ground_truth_1hz"]) for rec in recs
+            },
         }
     return splits
 

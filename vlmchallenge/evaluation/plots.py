@@ -1,4 +1,5 @@
-"""Report figures: confusion matrix, per-class F1, and per-session ground-truth vs prediction timelines."""
+"""Report figures: confusion matrix, per-class F1, per-session ground-truth vs prediction timelines, and a
+whole recording's predicted ribbon (with truth and correctness when there is ground truth)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from vlmchallenge.data.classes import OPENPACK_OPERATIONS  # noqa: E402
+from vlmchallenge.data.classes import NULL_ID, OPENPACK_OPERATIONS  # noqa: E402
 from vlmchallenge.evaluation.openpack_metric import SessionSeconds  # noqa: E402
 
 
@@ -76,4 +77,59 @@ def timeline_png(sessions: list[SessionSeconds], path: Path) -> None:
     )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+NO_PREDICTION_GREY = (0.85, 0.85, 0.85)
+CORRECT_WHITE, WRONG_BLACK = (1.0, 1.0, 1.0), (0.1, 0.1, 0.1)  # unlike any class colour
+
+
+def recording_timeline_png(
+    unixtime_ms: np.ndarray, predicted: np.ndarray, path: Path, title: str, truth: np.ndarray | None = None
+) -> None:
+    """The predicted ribbon of a recording, one column per second (grey: no prediction, e.g. no frames);
+    with 1-Hz ground truth (MISSING = -1 where unknown) also the truth and per-second correctness (white
+    right, black wrong, grey not scored: no prediction, no truth, or Null truth)."""
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(OPENPACK_OPERATIONS)))[:, :3]
+    colour_of = {c.id: tuple(colours[i]) for i, c in enumerate(OPENPACK_OPERATIONS)}
+
+    def ribbon(ids: np.ndarray) -> list[tuple]:
+        return [colour_of.get(int(y), NO_PREDICTION_GREY) for y in ids]
+
+    rows, names = [ribbon(predicted)], ["prediction"]
+    if truth is not None:
+        scored = (predicted >= 0) & (truth >= 0) & (truth != NULL_ID)
+        right = [
+            NO_PREDICTION_GREY if not s else CORRECT_WHITE if ok else WRONG_BLACK
+            for s, ok in zip(scored.tolist(), (predicted == truth).tolist(), strict=True)
+        ]
+        rows += [ribbon(truth), right]
+        names += ["truth", "correct"]
+    minutes = (np.asarray(unixtime_ms) - unixtime_ms[0]) / 60_000
+    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.35 * len(rows)))
+    ax.imshow(
+        np.asarray(rows),
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0, float(minutes[-1]) + 1 / 60, len(rows) - 0.5, -0.5),
+    )
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.set_xlabel("minutes", fontsize=8)
+    ax.set_title(title, fontsize=9, loc="left")
+    present = sorted(
+        {int(y) for y in predicted if int(y) in colour_of}
+        | ({*truth.tolist()} if truth is not None else set())
+    )
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour_of[i]) for i in present if i in colour_of]
+    labels = [f"{c.id} {c.name}" for c in OPENPACK_OPERATIONS if c.id in present]
+    handles.append(plt.Rectangle((0, 0), 1, 1, color=NO_PREDICTION_GREY))
+    labels.append("no prediction / not scored")
+    if truth is not None:
+        handles += [
+            plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="0.5") for c in (CORRECT_WHITE, WRONG_BLACK)
+        ]
+        labels += ["correct", "wrong"]
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1 + 0.03 * (len(labels) // 5), 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -11,41 +11,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
-from vlmchallenge.data.classes import NAME_TO_CLASS, NULL_ID
+from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
-from vlmchallenge.data.openpack_layout import discover_sessions
+from vlmchallenge.evaluation.ground_truth import ground_truth_source
 from vlmchallenge.evaluation.metrics import SCALAR_KEYS, compute_clip_metrics
 from vlmchallenge.evaluation.openpack_metric import (
     SessionSeconds,
     evaluate_sessions,
     make_submission,
-    resample_predictions_1hz,
     write_submission,
 )
 from vlmchallenge.evaluation.plots import confusion_matrix_png, per_class_f1_png, timeline_png
+from vlmchallenge.evaluation.seconds import prediction_times, score_seconds
 
 
-def prediction_times(meta: dict, clip_mode: str) -> list[int]:
-    """When a clip's prediction holds: a window speaks for its centre; a segment for each of its seconds."""
-    start, end = int(meta["start_ms"]), int(meta["end_ms"])
-    if clip_mode == "segment":
-        return [start, *range(start - start % 1000 + 1000, end, 1000)]
-    return [(start + end) // 2]
-
-
-def session_seconds(predictions: list[dict], class_ids: list[int], data: DataConfig) -> list[SessionSeconds]:
-    """Map clip predictions onto each session's 1-Hz ground truth (`openpack-operations-1hz`)."""
+def session_seconds(
+    predictions: list[dict], class_ids: list[int], data: DataConfig, shard_dir: Path | str | None = None
+) -> list[SessionSeconds]:
+    """Map clip predictions onto each session's 1-Hz ground truth (`openpack-operations-1hz`): the copy in the
+    shard folder `shard_dir` (local or URL), or the raw tree under `data.root` when none is named."""
     by_session: dict[str, list[dict]] = defaultdict(list)
     for p in predictions:
         by_session[f"{p['meta']['user']}-{p['meta']['session']}"].append(p)
-    refs = {r.key: r for r in discover_sessions(data.root)}
+    truth = ground_truth_source(data.root, shard_dir)
     sessions = []
     for key in sorted(by_session):
-        ref = refs.get(key)
-        if ref is None or ref.operations_1hz_csv is None:
-            raise FileNotFoundError(f"{key}: no annotation/openpack-operations-1hz file under {data.root}")
-        gt = parse_operations_1hz_csv(ref.operations_1hz_csv)
+        gt = truth(key)
         times, ids = [], []
         for p in by_session[key]:
             if p["pred"] is None:
@@ -53,12 +44,7 @@ def session_seconds(predictions: list[dict], class_ids: list[int], data: DataCon
             for t in prediction_times(p["meta"], data.clips.mode):
                 times.append(t)
                 ids.append(class_ids[p["pred"]])
-        grid = np.asarray(gt.unixtime_ms, dtype=np.int64)
-        if times:
-            pred, filled = resample_predictions_1hz(np.asarray(times), np.asarray(ids), grid, key)
-        else:  # every generation invalid: no class to fill with; Null on a non-Null second scores as an error
-            pred, filled = np.full(len(grid), NULL_ID, dtype=np.int64), len(grid)
-        sessions.append(SessionSeconds(key, grid, np.asarray(gt.op_ids, dtype=np.int64), pred, filled))
+        sessions.append(score_seconds(key, np.asarray(times), np.asarray(ids), gt.unixtime_ms, gt.op_ids))
     return sessions
 
 
@@ -94,9 +80,11 @@ def build_report(
     mode: str = "score",
     extra: dict | None = None,
     null_handling: str = "ignore",
+    shard_dir: Path | str | None = None,
 ) -> dict:
     """`predictions`: one dict per clip with `meta`, `target`, `pred` (class index or None for an invalid
-    generation) and, in score mode, `probs`."""
+    generation) and, in score mode, `probs`. `shard_dir`: the evaluated shards, whose copy of the 1-Hz ground
+    truth is scored against (None: the raw tree under `data.root`)."""
     if not predictions:
         raise ValueError("no predictions: the evaluated split is empty")
     out_dir = Path(out_dir)
@@ -108,7 +96,7 @@ def build_report(
     clip = compute_clip_metrics(probs, targets, k)
     if mode != "score":
         clip.pop("map")  # needs scores, not a single answer
-    sessions = session_seconds(predictions, class_ids, data)
+    sessions = session_seconds(predictions, class_ids, data, shard_dir)
     official = evaluate_sessions(sessions)
     write_submission(make_submission(sessions), out_dir, {"mode": mode, **(extra or {})})
 

@@ -26,6 +26,10 @@ class ServeLimits:
     max_clips_per_request: int = 16
     max_video_frames_read: int = 600
     max_frame_pixels: int = 1920 * 1080
+    max_recording_s: float = (
+        1800.0  # POST /annotate: span of one recording (an OpenPack session is 20-30 min)
+    )
+    max_recording_frames: int = 30_000  # POST /annotate: frames (or video frames) of one recording
 
 
 class ClipIn(BaseModel):

@@ -8,6 +8,7 @@ import litserve as ls
 from omegaconf import DictConfig
 
 from vlmchallenge.models.exporter import read_export_meta, read_label_map
+from vlmchallenge.serving.annotate_api import RecordingAnnotatorAPI
 from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, ServeLimits
 
 
@@ -21,6 +22,9 @@ def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
         "input": {
             "POST /predict": "JSON {frames: [base64 JPEG/PNG, ...]} or {video: base64 file} or {clips: [...]}",
             "POST /v1/chat/completions": "OpenAI chat; the user message's image_url parts are the frames of a clip",
+            "POST /annotate": "JSON {frames: [...], timestamps_ms: [...]} or {video: base64 file, origin_ms?} -> "
+            "per-second timeline + segments",
+            "max_recording_s": limits.max_recording_s,
             "frames_used_per_clip": meta["sampler"]["num_frames"],
             "max_frames_per_clip": limits.max_frames_per_clip,
             "max_clips_per_request": limits.max_clips_per_request,
@@ -39,6 +43,10 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
     ]
     if cfg.openai:
         apis.append(ChatClassifierAPI(str(export_dir), cfg.device, limits, cfg.api_key))
+    if cfg.get("annotate", True):
+        apis.append(
+            RecordingAnnotatorAPI(str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size)
+        )
     accelerator = "cpu" if cfg.device == "cpu" else "auto"
     return ls.LitServer(
         apis,

@@ -1,0 +1,223 @@
+"""An annotated recording's files, all in one folder, each written under a temporary name and renamed:
+
+- `timeline.csv`: one row per second: `unixtime_ms,status,id,operation,confidence[,p_<class>...]`; a second
+  without a prediction (status `no_frames` / `no_window`) has empty id, operation and confidence: not filled.
+- `operations.csv`: merged runs (smoothed when asked) in OpenPack's `openpack-operations` format, read back by
+  `parse_operations_csv`; `box` is 0 (unknown); gaps between segments are the seconds without a prediction.
+- `submission.json` / `.zip`: the challenge format, by the official rules (evaluation/seconds.py): on the 1-Hz
+  ground truth's grid when there is one, else on the recording's seconds; gaps forward-filled.
+- `timeline.png`: the predicted ribbon (+ truth and per-second correctness with ground truth).
+- `annotate.json`: input, time ranges, window settings, smoothing, model, frames decoded, wall time,
+  real-time factor, and the official macro-F1 when there is ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from vlmchallenge.data.annotation_parser import OPERATION_COLUMNS, SecondLabels
+from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID
+from vlmchallenge.data.jst_time import unix_ms_to_iso
+from vlmchallenge.evaluation.openpack_metric import (
+    SessionSeconds,
+    evaluate_sessions,
+    make_submission,
+    write_submission,
+)
+from vlmchallenge.evaluation.plots import recording_timeline_png
+from vlmchallenge.evaluation.seconds import MISSING, NO_FRAMES, NO_WINDOW, PREDICTED, score_seconds
+from vlmchallenge.serving.annotator import Annotation
+from vlmchallenge.serving.segments import Run, Smoothing, segments
+
+OUTPUT_FILES = (
+    "timeline.csv",
+    "operations.csv",
+    "submission.json",
+    "submission.zip",
+    "timeline.png",
+    "annotate.json",
+)
+_UUID_NS = uuid.UUID("0b6f3d2e-5c1a-4f7e-9d8b-2a4c6e8f1a3b")
+
+
+def second_probabilities(annotation: Annotation) -> np.ndarray:
+    """(seconds, classes): the probabilities of the window each second holds; NaN rows where none."""
+    src = annotation.timeline.source
+    out = np.full((len(src), len(annotation.class_names)), np.nan)
+    out[src != MISSING] = annotation.probabilities[src[src != MISSING]]
+    return out
+
+
+def submission_seconds(annotation: Annotation, key: str, truth: SecondLabels | None) -> SessionSeconds:
+    """The official per-second predictions of the recording: the window centres slotted and forward-filled
+    on the ground truth's grid, or, without ground truth, on the recording's own seconds (truth all Null)."""
+    if truth is not None:
+        grid, truth_ids = np.asarray(truth.unixtime_ms), np.asarray(truth.op_ids)
+    else:
+        grid = annotation.timeline.unixtime_ms
+        truth_ids = np.full(len(grid), NULL_ID)
+    return score_seconds(key, annotation.centres_ms, annotation.window_ids, grid, truth_ids)
+
+
+def truth_on_timeline(annotation: Annotation, truth: SecondLabels) -> np.ndarray:
+    """The 1-Hz ground truth on the timeline's seconds, MISSING where the file has no row."""
+    by_time = dict(zip(truth.unixtime_ms, truth.op_ids, strict=True))
+    return np.asarray([by_time.get(int(t), MISSING) for t in annotation.timeline.unixtime_ms], dtype=np.int64)
+
+
+def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) -> None:
+    ids = annotation.timeline.ids(annotation.window_ids)
+    probs = second_probabilities(annotation)
+    names = annotation.class_names
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(
+            [
+                "unixtime_ms",
+                "status",
+                "id",
+                "operation",
+                "confidence",
+                *(["p_" + n for n in names] * probabilities),
+            ]
+        )
+        for t, status, op, p in zip(
+            annotation.timeline.unixtime_ms, annotation.timeline.status, ids, probs, strict=True
+        ):
+            if op == MISSING:
+                w.writerow([int(t), status, "", "", "", *([""] * len(names) * probabilities)])
+            else:
+                extra = [f"{x:.6f}" for x in p] if probabilities else []
+                w.writerow(
+                    [int(t), status, int(op), ID_TO_CLASS[int(op)].name, f"{np.nanmax(p):.6f}", *extra]
+                )
+
+
+def write_operations_csv(
+    runs: list[Run], annotation: Annotation, user: str, session: str, path: Path
+) -> None:
+    grid = annotation.timeline.unixtime_ms
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(OPERATION_COLUMNS)
+        for k, r in enumerate(r for r in runs if r.op_id != NULL_ID):  # OpenPack files hold no Null rows
+            start, end = int(grid[r.first]), int(grid[r.stop - 1]) + 1000
+            op_uuid = uuid.uuid5(_UUID_NS, f"{user}/{session}/{k}/{start}")
+            w.writerow(
+                [
+                    f"op:{op_uuid}",
+                    user,
+                    session,
+                    0,
+                    r.op_id,
+                    ID_TO_CLASS[r.op_id].name,
+                    unix_ms_to_iso(start),
+                    unix_ms_to_iso(end),
+                    "",
+                ]
+            )
+
+
+def segments_json(runs: list[Run], annotation: Annotation) -> list[dict]:
+    grid = annotation.timeline.unixtime_ms
+    return [
+        {
+            "id": r.op_id,
+            "operation": ID_TO_CLASS[r.op_id].name,
+            "start_ms": int(grid[r.first]),
+            "end_ms": int(grid[r.stop - 1]) + 1000,
+            "seconds": r.stop - r.first,
+        }
+        for r in runs
+    ]
+
+
+def timeline_json(annotation: Annotation) -> list[dict]:
+    """The per-second timeline as JSON rows (what a server returns): no id where a second has no prediction."""
+    ids = annotation.timeline.ids(annotation.window_ids)
+    probs = second_probabilities(annotation)
+    rows = []
+    for t, status, op, p in zip(
+        annotation.timeline.unixtime_ms, annotation.timeline.status, ids, probs, strict=True
+    ):
+        row = {"unixtime_ms": int(t), "status": status, "id": None, "operation": None, "confidence": None}
+        if op != MISSING:
+            row.update(
+                id=int(op), operation=ID_TO_CLASS[int(op)].name, confidence=round(float(np.nanmax(p)), 6)
+            )
+        rows.append(row)
+    return rows
+
+
+def metadata(annotation: Annotation, smoothing: Smoothing, runs: list[Run], official: dict | None) -> dict:
+    requested = [None if t is None else unix_ms_to_iso(t) for t in annotation.requested_ms]
+    statuses = annotation.timeline.status
+    return {
+        "source": annotation.source,
+        "requested_range": {"start": requested[0], "end": requested[1]},
+        "range": {
+            "start": unix_ms_to_iso(annotation.range_ms[0]),
+            "end": unix_ms_to_iso(annotation.range_ms[1]),
+            "start_ms": annotation.range_ms[0],
+            "end_ms": annotation.range_ms[1],
+            "duration_s": annotation.duration_s,
+        },
+        "window": asdict(annotation.settings),
+        "smoothing": asdict(smoothing) if smoothing.enabled else None,
+        "classes": annotation.class_names,
+        "windows": len(annotation.windows),
+        "skipped_windows": annotation.skipped_windows,
+        "frames_in_range": annotation.frames_in_range,
+        "frames_decoded": annotation.frames_decoded,
+        "seconds": {s: statuses.count(s) for s in (PREDICTED, NO_FRAMES, NO_WINDOW)},
+        "segments": len(runs),
+        "wall_s": round(annotation.wall_s, 3),
+        "realtime_factor": round(annotation.realtime_factor, 2),
+        "openpack_official": official,
+    }
+
+
+def write_outputs(
+    annotation: Annotation,
+    out_dir: str | Path,
+    user: str,
+    session: str,
+    truth: SecondLabels | None = None,
+    smoothing: Smoothing | None = None,
+    probabilities: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Every output file into `out_dir`; returns the metadata written to `annotate.json`."""
+    smoothing = smoothing or Smoothing()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = f"{user}-{session}"
+    ids = annotation.timeline.ids(annotation.window_ids)
+    runs = segments(ids, second_probabilities(annotation), annotation.class_ids, smoothing)
+    scored = submission_seconds(annotation, key, truth)
+    official = None
+    if truth is not None:
+        result = evaluate_sessions([scored])["all"]
+        official = {
+            k: result[k] for k in ("f1_macro", "f1_weighted", "seconds", "filled_seconds", "per_class")
+        }
+    meta = {**(extra or {}), "key": key, **metadata(annotation, smoothing, runs, official)}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".annotate-") as tmp_name:
+        tmp = Path(tmp_name)
+        write_timeline_csv(annotation, tmp / "timeline.csv", probabilities)
+        write_operations_csv(runs, annotation, user, session, tmp / "operations.csv")
+        write_submission(make_submission([scored]), tmp, {"source": annotation.source, "key": key})
+        truth_ids = truth_on_timeline(annotation, truth) if truth is not None else None
+        recording_timeline_png(annotation.timeline.unixtime_ms, ids, tmp / "timeline.png", key, truth_ids)
+        (tmp / "annotate.json").write_text(json.dumps(meta, indent=1))
+        for name in OUTPUT_FILES:  # each file appears complete or not at all
+            os.replace(tmp / name, out_dir / name)
+    return meta

@@ -1,0 +1,299 @@
+"""Annotate a whole recording: sliding windows over its frames, each classified by the served model.
+
+- Windows come from the export's clip settings (`window_s`, `stride_s`, `min_frames`) unless overridden. Their
+  centres sit mid-second on the recording's 1-s grid, every `stride_s`, so with a 1-s stride every second
+  holds exactly one prediction (the first and last seconds too); a window is cut to the annotated range and
+  needs `min_frames` frames in it.
+  A window whose centre second holds no frame is not scored: that second is a gap, filled only in the
+  submission (evaluation/seconds.py).
+- Frames are chosen by the training sampler and prepared as training stored them (`FrameSampler.as_stored`
+  after the same draft decode), so a window's probabilities equal `VLMInference.predict` on its frames.
+- Overlapping windows share frames: a bounded LRU cache decodes each frame once. It holds the frames of the
+  windows that can still reuse them: `frames per window x (ceil(window / stride) + 1)`.
+- Windows are scored in batches through `VLMInference.predict_batch` (the KV-cached `LabelScorer`).
+
+The engine takes any `FrameSource`, so a server can pass frames held in memory (`InMemoryFrames`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from vlmchallenge.data.clip_builder import frames_in
+from vlmchallenge.data.frame_source import FrameReader, FrameSource
+from vlmchallenge.data.jst_time import unix_ms_to_iso
+from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
+from vlmchallenge.serving.inference import BadInput, VLMInference
+
+# (windows scored, windows in all, ms of the recording covered so far, frames decoded so far)
+ProgressFn = Callable[[int, int, int, int], None]
+
+
+class InMemoryFrames(FrameSource):
+    """Frames a client sent, with their capture times (unix ms): opened, not yet decoded, so JPEGs can
+    still be draft-decoded like the frame files training read."""
+
+    def __init__(self, images: list[Image.Image], timestamps_ms: list[int] | np.ndarray):
+        if not images:
+            raise BadInput("frames: expected at least one frame")
+        if len(images) != len(timestamps_ms):
+            raise BadInput(f"frames: {len(images)} frames but {len(timestamps_ms)} timestamps")
+        ts = np.asarray(timestamps_ms, dtype=np.int64)
+        if np.any(np.diff(ts) <= 0):
+            raise BadInput("timestamps: expected strictly increasing unix ms, one per frame")
+        sizes = {im.size for im in images}
+        if len(sizes) > 1:
+            raise BadInput(f"frames: all frames must have the same size, got {sorted(sizes)}")
+        self.images, self.timestamps_ms = images, ts
+        self.size = images[0].size
+        self.description = f"in-memory frames ({len(images)})"
+
+    def reader(self) -> FrameReader:
+        return _ImageListReader(self.images, self.size)
+
+
+class _ImageListReader(FrameReader):
+    def __init__(self, images: list[Image.Image], size: tuple[int, int]):
+        self.images, self.size = images, size
+
+    def frame_size(self, index: int) -> tuple[int, int]:
+        return self.size
+
+    def read(self, index: int, min_size: tuple[int, int] | None = None) -> Image.Image:
+        image = self.images[index]
+        try:
+            if min_size is not None and image.format == "JPEG":
+                image.draft("RGB", min_size)  # as the JPEG-folder reader does
+            return image.convert("RGB")
+        except OSError as e:
+            raise BadInput(f"frame {index}: cannot be decoded ({e})") from None
+
+
+class FrameCache:
+    """Frame position -> pixels as training stored them; LRU-bounded, counting what it decoded."""
+
+    def __init__(self, inference: VLMInference, reader: FrameReader, max_frames: int):
+        self.sampler, self.reader = inference.sampler, reader
+        self.source_size: tuple[int, int] | None = None
+        self.get = functools.lru_cache(maxsize=max_frames)(self._decode)
+
+    @property
+    def decoded(self) -> int:
+        return self.get.cache_info().misses
+
+    def _decode(self, index: int) -> np.ndarray:
+        if self.source_size is None:
+            self.source_size = self.reader.frame_size(index)
+        image = self.reader.read(index, self.sampler.draft_size(*self.source_size))
+        return self.sampler.as_stored(image, self.source_size)
+
+
+@dataclass
+class AnnotateSettings:
+    window_s: float | None = None  # None: the export's clips.window_s
+    stride_s: float | None = None
+    min_frames: int | None = None
+    batch_size: int = 8
+
+    def resolved(self, export_clips: dict) -> AnnotateSettings:
+        out = AnnotateSettings(
+            self.window_s if self.window_s is not None else float(export_clips["window_s"]),
+            self.stride_s if self.stride_s is not None else float(export_clips["stride_s"]),
+            self.min_frames if self.min_frames is not None else int(export_clips["min_frames"]),
+            self.batch_size,
+        )
+        if out.window_s <= 0 or out.stride_s <= 0:
+            raise ValueError(f"window_s and stride_s must be > 0, got {out.window_s}, {out.stride_s}")
+        if out.min_frames < 1 or out.batch_size < 1:
+            raise ValueError(
+                f"min_frames and batch_size must be >= 1, got {out.min_frames}, {out.batch_size}"
+            )
+        return out
+
+
+@dataclass
+class Window:
+    start_ms: int  # cut to the annotated range; half-open
+    end_ms: int
+    centre_ms: int
+    frames: list[int]  # positions into the source's frames, as the sampler chose them
+
+
+@dataclass
+class Annotation:
+    """What `RecordingAnnotator.annotate` found: scored windows and the per-second timeline."""
+
+    source: str
+    requested_ms: tuple[int | None, int | None]
+    range_ms: tuple[int, int]  # the annotated span: requested range cut to the frames, half-open
+    settings: AnnotateSettings
+    class_names: list[str]
+    class_ids: list[int]
+    windows: list[Window]
+    probabilities: np.ndarray  # (windows, classes)
+    timeline: Timeline
+    frames_in_range: int
+    frames_decoded: int
+    wall_s: float
+    skipped_windows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def window_ids(self) -> np.ndarray:
+        """The predicted operation id of every window."""
+        return np.asarray(self.class_ids, dtype=np.int64)[self.probabilities.argmax(1)]
+
+    @property
+    def centres_ms(self) -> np.ndarray:
+        return np.asarray([w.centre_ms for w in self.windows], dtype=np.int64)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.range_ms[1] - self.range_ms[0]) / 1000
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of recording annotated per wall-clock second."""
+        return self.duration_s / self.wall_s if self.wall_s > 0 else math.inf
+
+
+def annotated_range(
+    timestamps_ms: np.ndarray, start_ms: int | None, end_ms: int | None, description: str
+) -> tuple[int, int]:
+    """The requested [start, end) cut to the frames; an error naming both ranges when no frame is inside."""
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise ValueError(f"start ({unix_ms_to_iso(start_ms)}) must be before end ({unix_ms_to_iso(end_ms)})")
+    first, last = int(ts[0]), int(ts[-1])
+    lo, hi = frames_in(ts, first if start_ms is None else start_ms, last + 1 if end_ms is None else end_ms)
+    if hi <= lo:
+        asked = (
+            f"{'the first frame' if start_ms is None else unix_ms_to_iso(start_ms)} to "
+            f"{'the last frame' if end_ms is None else unix_ms_to_iso(end_ms)}"
+        )
+        raise ValueError(
+            f"{description}: no frames in the requested range {asked} (JST); its frames span "
+            f"{unix_ms_to_iso(first)} to {unix_ms_to_iso(last)}"
+        )
+    return int(ts[lo]), int(ts[hi - 1]) + 1
+
+
+class RecordingAnnotator:
+    def __init__(self, inference: VLMInference, settings: AnnotateSettings | None = None):
+        self.inference = inference
+        self.settings = (settings or AnnotateSettings()).resolved(inference.meta["clips"])
+        self.class_names = list(inference.prompt.class_names)
+
+    def plan(self, timestamps_ms: np.ndarray, range_ms: tuple[int, int]) -> tuple[list[Window], dict]:
+        """Windows over the range, centred mid-second every stride; the skipped ones counted by reason."""
+        s = self.settings
+        ts = np.asarray(timestamps_ms, dtype=np.int64)
+        window, stride = round(s.window_s * 1000), round(s.stride_s * 1000)
+        start, end = range_ms
+        seconds = seconds_grid(start, end)
+        framed = set((ts[(ts >= start) & (ts < end)] // 1000 * 1000).tolist())
+        windows, skipped = [], {"no_frames": 0, f"fewer_than_{s.min_frames}_frames": 0}
+        for centre in range(int(seconds[0]) + 500, int(seconds[-1]) + 1000, stride):
+            if centre - centre % 1000 not in framed:
+                skipped["no_frames"] += 1
+                continue
+            w_start, w_end = max(start, centre - window // 2), min(end, centre - window // 2 + window)
+            lo, hi = frames_in(ts, w_start, w_end)
+            if hi - lo < s.min_frames:
+                skipped[f"fewer_than_{s.min_frames}_frames"] += 1
+                continue
+            picks = self.inference.sampler.select(ts[lo:hi], w_start, w_end)
+            windows.append(Window(w_start, w_end, centre, [lo + i for i in picks]))
+        return windows, skipped
+
+    def cache_size(self) -> int:
+        s = self.settings
+        per_window = self.inference.sampler.frame_count(round(s.window_s * 1000))
+        return per_window * (math.ceil(s.window_s / s.stride_s) + 1)
+
+    def annotate(
+        self,
+        source: FrameSource,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Annotation:
+        t0 = time.perf_counter()
+        ts = source.timestamps_ms
+        range_ms = annotated_range(ts, start_ms, end_ms, source.description)
+        windows, skipped = self.plan(ts, range_ms)
+        if not windows:
+            raise ValueError(
+                f"{source.description}: no window of {self.settings.window_s} s between "
+                f"{unix_ms_to_iso(range_ms[0])} and {unix_ms_to_iso(range_ms[1])} holds "
+                f"{self.settings.min_frames} frames"
+            )
+        probs = np.empty((len(windows), len(self.class_names)), dtype=np.float64)
+        with source.reader() as reader:
+            cache = FrameCache(self.inference, reader, self.cache_size())
+            b = self.settings.batch_size
+            for first in range(0, len(windows), b):
+                batch = windows[first : first + b]
+                clips = [np.stack([cache.get(i) for i in w.frames]) for w in batch]
+                for row, result in enumerate(self.inference.predict_batch(clips)):
+                    probs[first + row] = [result["probabilities"][n] for n in self.class_names]
+                if progress is not None:
+                    progress(first + len(batch), len(windows), batch[-1].end_ms - range_ms[0], cache.decoded)
+            decoded = cache.decoded
+        in_range = frames_in(ts, *range_ms)
+        centres = np.asarray([w.centre_ms for w in windows], dtype=np.int64)
+        timeline = recording_timeline(centres, seconds_grid(*range_ms), ts[in_range[0] : in_range[1]])
+        return Annotation(
+            source=source.description,
+            requested_ms=(start_ms, end_ms),
+            range_ms=range_ms,
+            settings=self.settings,
+            class_names=self.class_names,
+            class_ids=list(self.inference.class_ids),
+            windows=windows,
+            probabilities=probs,
+            timeline=timeline,
+            frames_in_range=in_range[1] - in_range[0],
+            frames_decoded=decoded,
+            wall_s=time.perf_counter() - t0,
+            skipped_windows={k: v for k, v in skipped.items() if v},
+        )
+
+
+def annotate_progress(console) -> tuple[object, ProgressFn]:
+    """A rich progress bar over the windows, with the ETA and the real-time factor (recording s / wall s)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]annotate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("windows"),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = progress.add_task("windows", total=None, speed="")
+    t0 = time.perf_counter()
+
+    def update(done: int, total: int, covered_ms: int, decoded: int) -> None:
+        wall = max(time.perf_counter() - t0, 1e-9)
+        speed = f"{covered_ms / 1000 / wall:.1f}x real time, {decoded} frames decoded"
+        progress.update(task, completed=done, total=total, speed=speed)
+
+    return progress, update

@@ -1,0 +1,133 @@
+"""What `annotate` reads: an OpenPack session, a folder of OpenPack-named JPEG frames, or a video file, each
+opened as a `FrameSource` with unix-ms frame times, plus the session's 1-Hz ground truth when there is one."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from vlmchallenge.data.annotation_parser import SecondLabels, parse_operations_1hz_csv, parse_operations_csv
+from vlmchallenge.data.frame_source import (
+    FrameSource,
+    JpegFolderSource,
+    VideoFileSource,
+    video_creation_time_ms,
+)
+from vlmchallenge.data.jst_time import iso_to_unix_ms
+from vlmchallenge.data.openpack_layout import discover_sessions, open_source
+
+KINDS = ("auto", "openpack", "frames", "video")
+DEFAULT_USER, DEFAULT_SESSION = (
+    "U0000",
+    "S0000",
+)  # ids written for a recording that is not an OpenPack session
+_USER, _SESSION = re.compile(r"^U\d{4}$"), re.compile(r"^S\d{4}$")
+
+
+@dataclass
+class Recording:
+    kind: str
+    source: FrameSource
+    user: str
+    session: str
+    ground_truth: SecondLabels | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.user}-{self.session}"
+
+
+def parse_time(value, what: str) -> int | None:
+    """A time given on the command line: unix ms, or ISO 8601 with an offset (`2022-03-29 14:25:22+09:00`)."""
+    if value is None:
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return int(value)
+    try:
+        return iso_to_unix_ms(str(value))
+    except ValueError as e:
+        raise ValueError(
+            f"{what}: expected unix ms or an ISO time with offset (e.g. 2022-03-29 14:25:22+09:00), "
+            f"got {value!r} ({e})"
+        ) from None
+
+
+def video_origin(path: Path, video_time_origin) -> int:
+    """A video's time origin: its `creation_time` tag, or the time given."""
+    if video_time_origin == "creation_time":
+        try:
+            origin = video_creation_time_ms(path)
+        except av.error.FFmpegError as e:
+            raise ValueError(f"{path}: cannot read video ({e})") from None
+        if origin is None:
+            raise ValueError(
+                f"{path}: the video has no timezone-aware creation_time tag, so its frames have no times; pass "
+                "video_time_origin=<the time of its first frame: unix ms, or ISO with offset, e.g. "
+                "'2022-03-29 14:25:22+09:00'>"
+            )
+        return origin
+    if video_time_origin == "first_annotation":
+        raise ValueError(
+            "video_time_origin=first_annotation needs an OpenPack session's annotation (kind=openpack "
+            "source=video); for a plain video give creation_time or the time of its first frame"
+        )
+    return parse_time(video_time_origin, "video_time_origin")
+
+
+def check_ids(user: str, session: str) -> None:
+    if not _USER.match(user) or not _SESSION.match(session):
+        raise ValueError(
+            f"user/session: expected OpenPack ids like U0209 and S0500 (operations.csv and the submission carry "
+            f"them), got {user!r}/{session!r}"
+        )
+
+
+def open_recording(
+    input: str | Path,
+    kind: str = "auto",
+    user: str | None = None,
+    session: str | None = None,
+    source: str = "frames",
+    video_pattern: str = "{root}/{user}/video/{session}.mp4",
+    video_time_origin="creation_time",
+    ground_truth: str | Path | None = None,
+) -> Recording:
+    """`kind=openpack`: `input` is an OpenPack v1.0.0 root, `user`/`session` the session (frames or a video
+    as `source`/`video_pattern`/`video_time_origin` say, like prepare); `frames`: a JPEG folder named by JST
+    ms; `video`: a file whose frame times are `video_time_origin` (its creation_time, or a time) + PTS.
+    `auto` picks openpack when user and session are given, else frames for a folder and video for a file."""
+    path = Path(input)
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"input: {path} not found; expected an OpenPack root, a JPEG folder or a video"
+        )
+    if kind == "auto":
+        kind = "openpack" if user and session else "frames" if path.is_dir() else "video"
+    truth = parse_operations_1hz_csv(ground_truth) if ground_truth else None
+    if kind == "openpack":
+        if not (user and session):
+            raise ValueError("kind=openpack: set user=U0XXX and session=S0X00 (the session to annotate)")
+        refs = {(r.user, r.session): r for r in discover_sessions(path)}
+        ref = refs.get((user, session))
+        if ref is None:
+            raise FileNotFoundError(
+                f"{path}: no session {user}/{session}; expected {path}/{user}/annotation/openpack-operations/"
+                f"{session}.csv (found {', '.join(f'{u}/{s}' for u, s in sorted(refs))})"
+            )
+        ann = parse_operations_csv(ref.operations_csv)
+        frames = open_source(ref, ann, source, path, video_pattern, str(video_time_origin))
+        if truth is None and ref.operations_1hz_csv is not None:
+            truth = parse_operations_1hz_csv(ref.operations_1hz_csv)
+        return Recording(kind, frames, user, session, truth)
+    user, session = user or DEFAULT_USER, session or DEFAULT_SESSION
+    check_ids(user, session)
+    if kind == "frames":
+        return Recording(kind, JpegFolderSource(path), user, session, truth)
+    if not path.is_file():
+        raise ValueError(f"kind=video: {path} is a folder; expected a video file")
+    return Recording(kind, VideoFileSource(path, video_origin(path, video_time_origin)), user, session, truth)
