@@ -336,6 +336,8 @@ def test_segments_and_smoothing_on_known_timelines():
     merged = merge_short_runs(runs_of(ids), 2)  # each 200 joins its neighbours; the gap is never bridged
     assert [(r.op_id, r.first, r.stop) for r in merged] == [(100, 0, 6), (300, 7, 12)]
     assert merge_short_runs([Run(500, 0, 1)], 3) == [Run(500, 0, 1)]  # nothing to merge into
+    tie = merge_short_runs(runs_of(np.array([100, 100, 200, 300, 300])), 2)  # equal neighbours: the earlier
+    assert [(r.op_id, r.first, r.stop) for r in tie] == [(100, 0, 3), (300, 3, 5)]
     probs = np.zeros((12, 3))
     probs[np.arange(12), [0, 0, 1, 0, 0, 0, 0, 2, 2, 1, 2, 2]] = 1
     smoothed = segments(ids, probs, [100, 200, 300], Smoothing(median_s=3))

@@ -129,7 +129,10 @@ def recording_timeline_png(
             plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="0.5") for c in (CORRECT_WHITE, WRONG_BLACK)
         ]
         labels += ["correct", "wrong"]
+    legend_in = 0.15 + 0.2 * -(-len(labels) // 5)  # inches below the axes for the legend rows
+    height = 0.9 + 0.35 * len(rows) + legend_in
+    fig.set_size_inches(10, height)
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.1 + 0.03 * (len(labels) // 5), 1, 1))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

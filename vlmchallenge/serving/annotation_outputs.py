@@ -86,14 +86,14 @@ def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) 
                 "id",
                 "operation",
                 "confidence",
-                *(["p_" + n for n in names] * probabilities),
+                *(["p_" + n for n in names] if probabilities else []),
             ]
         )
         for t, status, op, p in zip(
             annotation.timeline.unixtime_ms, annotation.timeline.status, ids, probs, strict=True
         ):
             if op == MISSING:
-                w.writerow([int(t), status, "", "", "", *([""] * len(names) * probabilities)])
+                w.writerow([int(t), status, "", "", "", *([""] * len(names) if probabilities else [])])
             else:
                 extra = [f"{x:.6f}" for x in p] if probabilities else []
                 w.writerow(
