@@ -54,15 +54,20 @@ def join(location: Path | str, *parts: str) -> Path | str:
     return "/".join([location.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def read_json(location: Path | str, what: str = "file") -> dict:
-    """A JSON object from a path or URL; a missing file or bad content is an error naming the location."""
+def read_bytes(location: Path | str, what: str = "file") -> bytes:
+    """A whole (small) file from a path or URL; a missing file is an error naming the location and `what`."""
     try:
         with fsspec.open(str(location), "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{location}: no such {what}") from e
     except ImportError as e:
         raise ImportError(f"{location}: {e}; {REMOTE_EXTRA_HINT}") from e
+
+
+def read_json(location: Path | str, what: str = "file") -> dict:
+    """A JSON object from a path or URL; a missing file or bad content is an error naming the location."""
+    raw = read_bytes(location, what)
     try:
         data = json.loads(raw)
     except ValueError as e:

@@ -13,8 +13,6 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-import fsspec
-
 from vlmchallenge.data import locations
 from vlmchallenge.data.annotation_parser import SecondLabels, parse_operations_1hz_csv
 from vlmchallenge.data.openpack_layout import discover_sessions
@@ -58,13 +56,7 @@ def load_ground_truth_1hz(
             "annotation/openpack-operations-1hz file when it was prepared, so it cannot be scored"
         )
     location = locations.join(shard_dir, entry["file"])
-    try:
-        with fsspec.open(str(location), "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{location}: the manifest lists {key}'s 1-Hz ground truth, not found") from e
-    except ImportError as e:
-        raise ImportError(f"{location}: {e}; {locations.REMOTE_EXTRA_HINT}") from e
+    raw = locations.read_bytes(location, f"file: the manifest lists it as {key}'s 1-Hz ground truth")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != entry["sha256"]:
         raise ValueError(

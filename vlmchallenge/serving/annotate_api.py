@@ -8,7 +8,6 @@ other: the batching happens over the recording's windows. Limits (duration, fram
 checked before any frame is decoded; bad input is a 422 naming the field.
 """
 
-
 # no `from __future__ import annotations`: LitServe reads decode_request's annotation as the request schema
 import logging
 import tempfile
@@ -85,8 +84,8 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
         batch_size: int = 8,
     ):
         super().__init__(api_path="/annotate")
-        self.export_dir, self.device_name = export_dir, device
-        self.limits, self.api_key, self.batch_size = limits or ServeLimits(), api_key, batch_size
+        self.serve_export(export_dir, device, limits, api_key)
+        self.batch_size = batch_size
 
     def decode_request(self, request: AnnotateRequest) -> dict:
         x = {"upload": None}  # an uploaded video's temporary file, removed once the request is answered

@@ -77,6 +77,13 @@ class ExportBackedAPI:
     limits: ServeLimits
     api_key: str | None
 
+    def serve_export(
+        self, export_dir: str, device: str, limits: ServeLimits | None, api_key: str | None
+    ) -> None:
+        """What every API's constructor records (the engine itself is built per worker, in `setup`)."""
+        self.export_dir, self.device_name = export_dir, device
+        self.limits, self.api_key = limits or ServeLimits(), api_key
+
     def setup(self, device) -> None:
         """LitServe calls this once per worker, with the device it assigned to that worker."""
         chosen = self.device_name if self.device_name != "auto" else device
@@ -132,8 +139,7 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
         batch_timeout: float = 0.01,
     ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.export_dir, self.device_name = export_dir, device
-        self.limits, self.api_key = limits or ServeLimits(), api_key
+        self.serve_export(export_dir, device, limits, api_key)
 
     def decode_request(self, request: PredictRequest) -> dict:  # the annotation is the request schema
         try:
@@ -195,8 +201,7 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
         api_key: str | None = None,
     ):
         super().__init__(spec=ls.OpenAISpec())
-        self.export_dir, self.device_name = export_dir, device
-        self.limits, self.api_key = limits or ServeLimits(), api_key
+        self.serve_export(export_dir, device, limits, api_key)
 
     async def authorize(
         self, request: Request, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
