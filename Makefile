@@ -32,7 +32,7 @@ bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/train_step.py $(ARGS)
 	$(BIN)/python bench/scoring.py $(ARGS)
 
-gpu-check: install ## On a GPU machine: pytest -m gpu + VRAM validation + DDP scaling (DRY_RUN=1: CPU paths)
+gpu-check: install ## On a GPU: pytest -m gpu, VRAM, train step, annotate, serving, DDP (DRY_RUN=1: CPU)
 	bench/gpu_check.sh
 
 lint: install ## ruff check + format check

@@ -60,8 +60,8 @@ def naive_rate(inference: VLMInference, frames: JpegFolderSource, windows) -> tu
     out = []
     for w in windows:
         clip = inference.prepare([Image.open(frames.paths[i]) for i in w.frames])  # decoded again per window
-        batch = inference.collate([Example(clip, 0, {})])
-        out.append(inference.scorer.score_naive(inference.model, batch).softmax(1)[0].numpy())
+        batch = inference.collate([Example(clip, 0, {"start_ms": w.start_ms, "end_ms": w.end_ms})])
+        out.append(inference.scorer.score_naive(inference.model, batch).softmax(1)[0].float().cpu().numpy())
     wall = time.perf_counter() - start
     covered = (windows[-1].end_ms - windows[0].start_ms) / 1000
     return covered / wall, wall, np.stack(out)
@@ -73,6 +73,10 @@ def main() -> None:
     p.add_argument("--boxes", type=int, default=9, help="boxes in the session (9: about 10 minutes)")
     p.add_argument("--naive-seconds", type=float, default=120)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument(
+        "--dtype", default=None, help="the engine's dtype; default: bfloat16 on CUDA, else float32"
+    )
     p.add_argument("--write", action="store_true")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -80,7 +84,7 @@ def main() -> None:
     synthetic = SyntheticConfig(users=["U9001"], sessions=["S0100"], boxes_per_session=a.boxes)
     root = generate(synthetic, data_dir / "synthetic" / "openpack" / "v1.0.0", workers=1)
     frames = JpegFolderSource(root / "U9001" / "kinect" / "color-masked" / "frames" / "S0100")
-    inference = VLMInference(untrained_export(data_dir, data_dir / "export"), device="cpu")
+    inference = VLMInference(untrained_export(data_dir, data_dir / "export"), device=a.device, dtype=a.dtype)
     annotator = RecordingAnnotator(inference, AnnotateSettings(batch_size=a.batch))
     t0 = int(frames.timestamps_ms[0])
     annotator.annotate(frames, t0, t0 + 10_000)  # warm-up
@@ -94,11 +98,13 @@ def main() -> None:
     cmd = " ".join([".venv/bin/python bench/annotate.py", *map(shlex.quote, sys.argv[1:])])
     section = "\n".join(
         [
-            "## Whole-recording annotation (`bench/annotate.py`)",
+            "## Whole-recording annotation (`bench/annotate.py`)"
+            + (" on the GPU" if inference.device.type == "cuda" else ""),
             "",
             f"Command: `{cmd}` ({date.today().isoformat()})",
             "",
-            f"- Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU.",
+            f"- Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"{inference.device} ({str(inference.model.dtype).removeprefix('torch.')}).",
             f"- One synthetic session of {result.duration_s / 60:.1f} min ({len(frames.timestamps_ms)} frames, "
             f"{frames.timestamps_ms.size / result.duration_s:.1f} fps, {Image.open(frames.paths[0]).size[0]}x"
             f"{Image.open(frames.paths[0]).size[1]}), tiny Qwen2-VL (untrained export), "
@@ -122,7 +128,7 @@ def main() -> None:
     )
     print(section)
     if a.write:
-        update_section("annotate", section)
+        update_section("annotate_gpu" if inference.device.type == "cuda" else "annotate", section)
 
 
 if __name__ == "__main__":

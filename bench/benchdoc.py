@@ -21,5 +21,7 @@ def update_section(name: str, section: str, doc: Path = DOC) -> None:
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
+    tmp = doc.with_name(f".{doc.name}.tmp")  # temp name, then rename: a kill never leaves half a doc
+    tmp.write_text(text)
+    tmp.replace(doc)
     print(f"updated {doc}")

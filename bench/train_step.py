@@ -55,17 +55,24 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
+            sync(module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        sync(module.device)  # CUDA runs asynchronously: wait for the step, not just its launch
         self.end = time.perf_counter()
 
 
-def lightning_step_time(cfg, batch, steps: int, warmup: int) -> float:
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def lightning_step_time(cfg, batch, steps: int, warmup: int, accelerator: str = "cpu") -> float:
     module = assemble(settings_from_config(cfg), "fit").module
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_steps=steps,
         logger=False,
@@ -82,10 +89,12 @@ def lightning_step_time(cfg, batch, steps: int, warmup: int) -> float:
     return (timer.end - timer.start) / (steps - warmup)
 
 
-def bare_step_time(cfg, batch, steps: int, warmup: int) -> float:
+def bare_step_time(cfg, batch, steps: int, warmup: int, device: str = "cpu") -> float:
     module = assemble(settings_from_config(cfg), "fit").module
+    module.to(device)  # before configure_model, so a 4-bit base loads onto `device` (as under Lightning)
     module.configure_model()
-    model = module.model
+    model = module.model.to(device)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -107,6 +116,9 @@ def bare_step_time(cfg, batch, steps: int, warmup: int) -> float:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if step == warmup - 1:
+            sync(device)
+    sync(device)
     return (time.perf_counter() - start) / (steps - warmup)
 
 
@@ -127,6 +139,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--loader-batches", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="where the steps run")
     p.add_argument("--write", action="store_true")
     p.add_argument(
         "overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. dataloader.num_workers=2"
@@ -142,21 +155,27 @@ def main() -> None:
 
     light, bare, supply = [], [], []
     for _ in range(a.repeats):
-        bare.append(bare_step_time(cfg, batch, a.steps, a.warmup))
-        light.append(lightning_step_time(cfg, batch, a.steps, a.warmup))
+        bare.append(
+            bare_step_time(cfg, batch, a.steps, a.warmup, "cuda" if a.accelerator == "gpu" else "cpu")
+        )
+        light.append(lightning_step_time(cfg, batch, a.steps, a.warmup, a.accelerator))
         supply.append(loader_samples_per_s(datamodule, a.loader_batches))
     t_light, t_bare, s_loader = statistics.median(light), statistics.median(bare), statistics.median(supply)
     s_step = bs / t_light
     overhead, ratio = t_light / t_bare, s_loader / s_step
     cmd = " ".join([".venv/bin/python bench/train_step.py", *map(shlex.quote, sys.argv[1:])])
     lines = [
-        "## Training step and data supply (`bench/train_step.py`)",
+        "## Training step and data supply (`bench/train_step.py`)"
+        + (" on the GPU" if a.accelerator == "gpu" else ""),
         "",
         f"Command: `{cmd}` ({date.today().isoformat()})",
         "",
         f"- Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, CPU.",
-        f"- Config: default `conf/train.yaml` (tiny Qwen2-VL, LoRA + modules_to_save, synthetic shards), "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        + (torch.cuda.get_device_name() if a.accelerator == "gpu" else "CPU")
+        + ".",
+        f"- Config: `conf/train.yaml` {' '.join(a.overrides) or 'as is'} (LoRA + modules_to_save, synthetic "
+        "shards), "
         f"micro-batch {bs}, sequence {batch['input_ids'].shape[1]} tokens, loader workers "
         f"{cfg.dataloader.num_workers}; {a.steps} steps after {a.warmup} warm-up, median of {a.repeats}.",
         "",
@@ -181,7 +200,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if a.write:
-        update_section("train_step", section)
+        update_section("train_step_gpu" if a.accelerator == "gpu" else "train_step", section)
 
 
 if __name__ == "__main__":

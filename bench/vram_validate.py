@@ -31,6 +31,7 @@ from benchdoc import update_section  # noqa: E402
 from vlmchallenge.models.adapters import apply_adapters  # noqa: E402
 from vlmchallenge.models.config import LoraSettings, ModelConfig, QuantizationSettings  # noqa: E402
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl  # noqa: E402
+from vlmchallenge.training.answer_loss import answer_forward  # noqa: E402
 from vlmchallenge.training.architectures import shipped_config  # noqa: E402
 from vlmchallenge.training.vram_math import GIB, FootprintInputs, architecture_from_config, estimate  # noqa: E402
 
@@ -84,7 +85,10 @@ def measure(path: str, cfg: ModelConfig, batch: dict, device) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(3):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**batch, use_cache=False).loss
+            # the training path: logits at the answer positions only (VLMClassifier.forward)
+            loss = answer_forward(
+                model, {k: v for k, v in batch.items() if k != "labels"}, batch["labels"]
+            ).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -85,3 +85,14 @@ def two_class_run(tmp_path_factory) -> TrainedRun:
     finally:
         GlobalHydra.instance().clear()
     return TrainedRun(cfg, result.metrics, result, root / "data")
+
+
+# ---------------------------------------------------------------- fault-injection drills
+
+
+@pytest.fixture
+def drill(request):
+    """`drill.record(fault, injected, lost, unit, check)`: a row of docs/reliability.md (tests/helpers/drills.py)."""
+    from tests.helpers.drills import Drill
+
+    return Drill(request.node.nodeid)

@@ -51,6 +51,9 @@ def client(export_dir):
     cfg = OmegaConf.load(f"{CONF_DIR}/serve.yaml")
     cfg.export_dir, cfg.device, cfg.api_key = str(export_dir), "cpu", None
     cfg.limits.max_recording_s = 60
+    cfg.timeout = (
+        300  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s
+    )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         for _ in range(600):
             if c.get("/health").status_code == 200:

@@ -35,7 +35,7 @@ def clips(labels, frames=4, sizes=None, seed=0):
     rng = np.random.default_rng(seed)
     sizes = sizes or [LARGE] * len(labels)
     return [
-        Example(rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8), y, {"i": i})
+        Example(rng.integers(0, 255, (frames, h, w, 3), dtype=np.uint8), y, {"i": i, "duration_ms": 2000})
         for i, (y, (h, w)) in enumerate(zip(labels, sizes, strict=True))
     ]
 

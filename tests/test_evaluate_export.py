@@ -7,6 +7,7 @@ import csv
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,41 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
     expected = torch.tensor([p["probs"] for p in module.test_predictions[: len(batch["class_index"])]])
     got = module.scorer.score(exported, batch).softmax(1)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.drill
+def test_evaluate_cli_names_a_damaged_test_shard_and_the_remedy_without_a_traceback(
+    two_class_run, tmp_path, drill
+):
+    """A header bit flipped in a test shard (same size, so `prepare`'s marker check passes it): the evaluate
+    command stops with one message naming the shard and how to rebuild it, exit status 1, no traceback."""
+    shards = tmp_path / "shards"
+    shutil.copytree(two_class_run.objects.components.datamodule.out_dir, shards)
+    victim = sorted((shards / "test").glob("*.tar"))[0]
+    with tarfile.open(victim) as tar:
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
+    data = bytearray(victim.read_bytes())
+    data[middle.offset + 3] ^= 0x04  # the member's name: its header checksum no longer matches
+    victim.write_bytes(bytes(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmchallenge.evaluate", f"export_dir={two_class_run.objects.export_dir}"]
+        + [*DATA, f"paths.data_dir={two_class_run.data_dir}", f"data.shards.out_dir={shards}"]
+        + ["dataloader.num_workers=0", f"paths.log_dir={tmp_path}/logs"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert f"{victim}: unreadable evaluation shard" in out and "python -m vlmchallenge.prepare" in out, out[
+        -3000:
+    ]
+    assert "Traceback" not in out, out[-3000:]
+    assert not list((tmp_path / "logs").rglob("report.json"))
+    drill.record(
+        fault="a header bit flipped in a test shard, then `python -m vlmchallenge.evaluate`",
+        injected=1,
+        lost=0,  # nothing is scored on partial data: no report is written
+        unit="reports on partial data",
+        check="exit 1 with the shard's path and the remedy, no traceback, no report",
+    )

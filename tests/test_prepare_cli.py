@@ -13,18 +13,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vlmchallenge.conf_schema  # noqa: F401
-from tests.helpers.runs import CONF_DIR
+from tests.helpers.runs import CONF_DIR, SMALL_DATA_OVERRIDES
 from vlmchallenge.data.config import DataConfig
-
-SMALL = [
-    "data.synthetic.users=[U9001,U9002,U9003]",
-    "data.synthetic.boxes_per_session=1",
-    "data.synthetic.width=112",
-    "data.synthetic.height=84",
-    "data.splits.train=[U9001]",
-    "data.splits.val=[U9002]",
-    "data.splits.test=[U9003]",
-]
 
 
 def compose_prepare(overrides: list[str]):
@@ -67,7 +57,7 @@ def test_cli_end_to_end(tmp_path):
         "vlmchallenge.prepare",
         f"paths.data_dir={tmp_path}/data",
         f"paths.log_dir={tmp_path}/outputs",
-        *SMALL,
+        *SMALL_DATA_OVERRIDES,
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Serving: training-equal probabilities for the same frames, in-process (TestClient) and a real server on
-loopback with concurrent different clips, the official `openai` client, the bad-input suite, API keys, and
-schemathesis against the OpenAPI schema (no 5xx). The model is `two_class_run`'s, which tells clips apart."""
+loopback with concurrent different clips, the official `openai` client, the bad-input suite, API keys, the
+one error body, and `schemathesis --checks all` against the OpenAPI schema (docs/serving.md §5).
+The model is `two_class_run`'s, which tells clips apart."""
 
 from __future__ import annotations
 
@@ -207,17 +208,18 @@ def test_a_video_without_frames_is_a_clear_4xx(client, tmp_path):
 
 
 BAD = [
-    ({"frames": []}, "at least one frame"),
+    ({"frames": []}, "body.frames: List should have at least 1 item"),
     ({"frames": ["!!!not base64"]}, "invalid base64"),
     ({"frames": [base64.b64encode(b"plain text, not an image").decode()]}, "not a decodable JPEG/PNG"),
     ({"frames": "abc"}, "valid list"),
     ({"frames": [1, 2]}, "valid string"),
-    ({"frames": None, "video": None}, "exactly one of"),
+    ({}, "exactly one of"),
+    ({"frames": None, "video": None}, "body.frames: Input should be a valid list"),  # absent, not null
     ({"video": base64.b64encode(b"not a video").decode()}, "not a decodable video"),
     ({"frames": [png_b64()] * 65}, "at most 64 per clip"),
     ({"frames": [png_b64(size=(112, 84)), png_b64(size=(84, 112))]}, "same size"),
     ({"frames": [png_b64(size=(2000, 1200))]}, "pixels per frame"),
-    ({"clips": []}, "'clips' is empty"),
+    ({"clips": []}, "body.clips: List should have at least 1 item"),
     ({"clips": [{"frames": [png_b64()]}] * 17}, "at most 16 per request"),
     ({"clips": [{"frames": [png_b64()]}], "frames": [png_b64()]}, "not both"),
     ({"unexpected": 1}, "Extra inputs"),
@@ -231,6 +233,35 @@ def test_bad_input_is_a_clear_4xx_and_the_server_stays_healthy(client, body, mes
     assert 400 <= r.status_code < 500, r.text
     assert message in r.text
     assert client.get("/health").status_code == 200
+
+
+def test_every_error_has_the_one_error_body_and_every_answer_a_content_type(client):
+    """The error model of docs/serving.md §5: a text `detail` for every 4xx, plus `errors` (loc, msg, type) for
+    a request the schema rejects; `/` and `/health` are `text/plain`."""
+    from vlmchallenge.serving.errors import ErrorResponse
+
+    schema_error = client.post("/predict", json={"clips": [{"frames": [png_b64()], "video": 1}]})
+    content_error = client.post("/predict", json={"frames": ["!!!"]})
+    not_found, wrong_method = client.get("/nope"), client.get("/predict")
+    for r in (schema_error, content_error, not_found, wrong_method):
+        assert r.headers["content-type"] == "application/json", r.headers
+        assert isinstance(ErrorResponse.model_validate(r.json()).detail, str), r.text
+    assert [r.status_code for r in (schema_error, content_error, not_found, wrong_method)] == [
+        422,
+        422,
+        404,
+        405,
+    ]
+    errors = schema_error.json()["errors"]
+    assert {
+        "loc": ["body", "clips", 0, "video"],
+        "msg": "Input should be a valid string",
+        "type": "string_type",
+    } in errors
+    assert "body.clips.0.video: Input should be a valid string" in schema_error.json()["detail"]
+    assert all("input" not in e for e in errors)  # the upload is not echoed back
+    for path in ("/", "/health"):
+        assert client.get(path).headers["content-type"] == "text/plain; charset=utf-8"
 
 
 def test_invalid_json_and_oversize_payload(export_dir):
@@ -398,16 +429,22 @@ def test_chat_rejects_a_bad_number_of_answers(live_server, clips, n):
     assert code == 422 and "n: expected an integer in 1..16" in json.dumps(reply)
 
 
-def test_schemathesis_finds_no_server_errors(live_server, tmp_path):
+def test_schemathesis_all_checks_pass(live_server, tmp_path):
+    """`--checks all`: no 5xx, every status and content type declared, every body matching its schema (the one
+    error model included), schema-invalid requests rejected and schema-valid ones accepted (real media from
+    tests/helpers/schemathesis_hooks.py; the two documented exceptions in tests/helpers/schemathesis.toml)."""
+    repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(  # in tmp_path: schemathesis keeps a .schemathesis/ cache in its working dir
         [
             os.path.join(os.path.dirname(sys.executable), "schemathesis"),
+            "--config-file",
+            str(repo / "tests" / "helpers" / "schemathesis.toml"),
             "run",
             f"{live_server}/openapi.json",
             "--checks",
-            "not_a_server_error",
+            "all",
             "-n",
-            "30",
+            "20",
             "-H",
             "X-API-Key: k3y",
             "--request-timeout",
@@ -415,10 +452,13 @@ def test_schemathesis_finds_no_server_errors(live_server, tmp_path):
             "--generation-deterministic",
             "--suppress-health-check",
             "all",
+            "--no-color",
         ],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo)},  # the hooks module
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "Selected: 7/7" in proc.stdout and "Tested: 7" in proc.stdout, proc.stdout[-3000:]

@@ -17,18 +17,22 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_info
 
 from vlmchallenge.data.config import DataConfig
+from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
 from vlmchallenge.models.exporter import read_export_meta
 from vlmchallenge.models.loader import load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
+from vlmchallenge.training.checkpoint_io import with_atomic_checkpoints
 from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule
 from vlmchallenge.training.module import VLMClassifier
 from vlmchallenge.training.random_state import RandomStateCheckpoint
 from vlmchallenge.training.strategies import deepspeed_stage, strategy_kind
+from vlmchallenge.utils.input_errors import EmptySplitError
 from vlmchallenge.utils.instantiators import instantiate_callbacks, instantiate_loggers
 
 STAGES = ("fit", "evaluate", "export")
@@ -215,6 +219,10 @@ def assemble(
         raise ValueError("the fit stage needs optimizer settings (optim)")
     if stage == "fit":
         check_strategy(settings, trainer)
+        if not settings.data.splits.train:
+            raise EmptySplitError("data.splits.train is empty: list at least one training user in it")
+    # before any data work: a model that cannot be had fails now (docs/reliability-inputs.md §2)
+    rank_zero_info(f"model: {check_model_available(settings.model)}")
     processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler)
     prompt = settings.class_prompt()
     datamodule = ShardDataModule(
@@ -237,7 +245,12 @@ def assemble(
     if stage == "fit" and trainer is not None:
         parts.callbacks = [*instantiate_callbacks(callbacks), RandomStateCheckpoint()]
         parts.loggers = instantiate_loggers(loggers)
-        parts.trainer = hydra.utils.instantiate(trainer, callbacks=parts.callbacks, logger=parts.loggers)
+        plugins = with_atomic_checkpoints(  # docs/reliability-training.md §2
+            hydra.utils.instantiate(trainer.get("plugins")), strategy_kind(trainer.get("strategy"))
+        )
+        parts.trainer = hydra.utils.instantiate(
+            trainer, callbacks=parts.callbacks, logger=parts.loggers, plugins=plugins
+        )
     elif stage == "evaluate":
         parts.trainer = pl.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
     return parts

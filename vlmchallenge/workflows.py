@@ -32,11 +32,12 @@ from vlmchallenge.models.exporter import export_model
 from vlmchallenge.models.loader import resolve_pretrained
 from vlmchallenge.models.video_geometry import vision_tokens_per_clip
 from vlmchallenge.training.architectures import model_config_for
+from vlmchallenge.training.resume import find_latest_checkpoint
 from vlmchallenge.training.vram_callback import footprint_inputs
 from vlmchallenge.training.vram_math import GIB, BatchPlan, architecture_from_config, plan_batches
 from vlmchallenge.training.vram_report import breakdown_png, print_plan
 from vlmchallenge.utils.distributed import share_run_dir
-from vlmchallenge.utils.runs import find_latest_checkpoint, print_locations
+from vlmchallenge.utils.runs import print_locations
 
 
 def run_prepare(cfg: DictConfig) -> PrepareResult:
@@ -57,6 +58,25 @@ def run_prepare(cfg: DictConfig) -> PrepareResult:
     merge_cmd = merge_command(overrides) if result.subset else None
     print_summary(result, console, merge_cmd)
     write_summary(result, Path(cfg.paths.output_dir) / "prepare_summary.json", merge_cmd)
+    return result
+
+
+def verify(cfg: DictConfig):
+    """Every shard of a prepared folder (`shards=<dir>`, else the one `cfg.data` prepares into) against its split
+    index; prints the verdict and returns the `VerifyResult` (the entry point exits 1 unless it is ok)."""
+    from rich.console import Console
+
+    from vlmchallenge.data import locations
+    from vlmchallenge.data.summary import print_verify
+    from vlmchallenge.data.verify import verify_shards
+
+    folder = cfg.shards or as_dataclass(DataConfig, cfg.data).resolved_out_dir(cfg.paths.data_dir)
+    if locations.is_remote(str(folder)):
+        raise ValueError(
+            f"verify reads a local folder, got {folder}; verify the local copy before uploading it"
+        )
+    result = verify_shards(folder)
+    print_verify(result, Console())
     return result
 
 

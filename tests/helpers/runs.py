@@ -6,17 +6,22 @@ from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-# Small enough for a few-second run: 3 users x 1 box of 112x84 frames, 2-s windows every 2 s.
-TINY_TRAIN_OVERRIDES = [
+# The smallest synthetic tree with all three splits: 3 users x 1 box of 112x84 frames, one user per split.
+SMALL_DATA_OVERRIDES = [
     "data.synthetic.users=[U9001,U9002,U9003]",
     "data.synthetic.boxes_per_session=1",
     "data.synthetic.width=112",
     "data.synthetic.height=84",
-    "data.clips.stride_s=2.0",
-    "data.sampler.max_pixels=6272",
     "data.splits.train=[U9001]",
     "data.splits.val=[U9002]",
     "data.splits.test=[U9003]",
+]
+
+# Small enough for a few-second run: the small tree, 2-s windows every 2 s.
+TINY_TRAIN_OVERRIDES = [
+    *SMALL_DATA_OVERRIDES,
+    "data.clips.stride_s=2.0",
+    "data.sampler.max_pixels=6272",
     "data.shards.workers=1",
     "dataloader.num_workers=0",
     "dataloader.batch_size=4",

@@ -38,6 +38,9 @@ class DataConfig:
     # and/or the i-th of n strided slices ("i/n") of them. Not in the fingerprint: every job shares one folder.
     sessions: list[str] = field(default_factory=list)
     shard_of: str | None = None
+    # Training skips unreadable shards with a warning; past this fraction of an epoch's samples the run stops
+    # (a few bad files are survivable, a broken dataset is not). Not in the fingerprint: shards don't change.
+    max_skipped_fraction: float = 0.01
 
     @property
     def is_subset(self) -> bool:
@@ -68,6 +71,10 @@ class DataConfig:
         if bad:
             raise ValueError(f"data.sessions: expected entries like U0201/S0100 (user/session), got {bad}")
         self.shard_slice()
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(
+                f"data.max_skipped_fraction: expected a value in [0, 1], got {self.max_skipped_fraction}"
+            )
         if self.synthetic is not None:
             self.synthetic.validate()
 

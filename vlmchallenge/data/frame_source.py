@@ -19,6 +19,11 @@ from vlmchallenge.data.jst_time import frame_stem_to_unix_ms
 FRAME_EXTENSIONS = (".jpg", ".jpeg")
 
 
+class NoUsableFrames(ValueError):
+    """A session whose frames cannot be used at all (folder missing, no frames, no parseable name): `prepare`
+    records it as the session's reason for 0 clips and goes on with the other sessions."""
+
+
 class FrameReader(ABC):
     """Decodes frames of one source; used by one worker for one session, in roughly increasing order."""
 
@@ -61,8 +66,8 @@ class JpegFolderSource(FrameSource):
     def __init__(self, frames_dir: str | Path):
         self.root = Path(frames_dir)
         if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"{self.root}: frame folder not found; expected JPEG frames in YYYY/MM/DD/HH/MM/"
+            raise NoUsableFrames(
+                f"frame folder missing: {self.root} (expected JPEG frames in YYYY/MM/DD/HH/MM/)"
             )
         paths = [  # plain strings: ~25k frames per session, pathlib objects were a measurable cost
             os.path.join(d, f)
@@ -71,13 +76,17 @@ class JpegFolderSource(FrameSource):
             if os.path.splitext(f)[1].lower() in FRAME_EXTENSIONS
         ]
         if not paths:
-            raise ValueError(f"{self.root}: no .jpg frames found")
-        stamped = []
+            raise NoUsableFrames(f"no .jpg frames in {self.root}")
+        stamped, bad = [], []
         for p in paths:
             try:
                 stamped.append((frame_stem_to_unix_ms(os.path.basename(p).rsplit(".", 1)[0]), p))
             except ValueError as e:
-                raise ValueError(f"{p}: {e}") from None
+                bad.append(f"{p}: {e}")
+        if bad and not stamped:
+            raise NoUsableFrames(f"none of the {len(bad)} frame names can be parsed, e.g. {min(bad)}")
+        if bad:  # some parse: a mixed folder is an error, not a silent partial session
+            raise ValueError(f"{len(bad)} of {len(paths)} frame names cannot be parsed, e.g. {min(bad)}")
         stamped.sort()
         for (t0, p0), (t1, p1) in zip(stamped, stamped[1:], strict=False):
             if t0 == t1:

@@ -12,13 +12,17 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vlmchallenge import __version__
 from vlmchallenge.data import locations
-from vlmchallenge.data.annotation_parser import parse_operations_csv
+from vlmchallenge.data.annotation_parser import OperationAnnotation, parse_operations_csv
 from vlmchallenge.data.classes import ID_TO_CLASS, OPENPACK_OPERATIONS, class_index
 from vlmchallenge.data.clip_builder import build_clips
 from vlmchallenge.data.config import MANIFEST_VERSION, DataConfig
 from vlmchallenge.data.frame_sampler import FrameSampler, SessionFrameCache
+from vlmchallenge.data.frame_source import NoUsableFrames
+from vlmchallenge.data.jst_time import unix_ms_to_jst
 from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions, open_source
 from vlmchallenge.data.shard_writer import (
     atomic_write_bytes,
@@ -99,8 +103,13 @@ def process_session(
     """Everything for one session, in a worker process: parse, align, sample, decode, write."""
     t0 = time.perf_counter()
     ann = parse_operations_csv(ref.operations_csv)
-    source = open_source(ref, ann, cfg.source, cfg.root, cfg.video_pattern, cfg.video_time_origin)
-    built = build_clips(ann, source.timestamps_ms, cfg.clips)
+    try:
+        source = open_source(ref, ann, cfg.source, cfg.root, cfg.video_pattern, cfg.video_time_origin)
+        timestamps, source_fp, unusable = source.timestamps_ms, source.fingerprint_parts(), None
+    except NoUsableFrames as e:  # the session yields 0 clips, with this reason; the others go on
+        source, timestamps, unusable = None, np.zeros(0, dtype=np.int64), str(e)
+        source_fp = [f"unusable:{e}"]
+    built = build_clips(ann, timestamps, cfg.clips)
     sampler = FrameSampler(cfg.sampler)
     # written first (and on every run: a few kB), so a done-marker always has its ground truth beside it
     ground_truth = copy_ground_truth(ref, out_dir / split)
@@ -110,13 +119,15 @@ def process_session(
                 config_fp,
                 hashlib.sha256(ref.operations_csv.read_bytes()).hexdigest(),
                 ground_truth["sha256"] if ground_truth else "no-1hz",  # new truth: a new marker record
-                *source.fingerprint_parts(),
+                *source_fp,
             ]
         ).encode()
     ).hexdigest()
     stats = {"decoded": 0}
 
     def make_samples(start: int) -> Iterator[dict]:
+        if start >= len(built.clips):
+            return
         with source.reader() as reader:
             cache = SessionFrameCache(sampler, reader)
             for clip_no in range(start, len(built.clips)):
@@ -134,15 +145,41 @@ def process_session(
         "class_counts": dict(sorted(class_counts.items())),
         "skipped": dict(sorted(built.skipped.items())),
         "gaps": len(ann.gaps),
-        "source_frames": int(len(source.timestamps_ms)),
+        "source_frames": int(len(timestamps)),
+        "zero_clip_reason": None
+        if built.clips
+        else unusable or zero_clip_reason(ann, timestamps, built.skipped),
         "ground_truth_1hz": ground_truth,  # relative to the split folder, like the shards' `url`
         "config_fingerprint": config_fp,  # what `merge_jobs` checks: every job used the same settings
     }
     record = write_session_shards(
         out_dir / split, ref.key, fp, len(built.clips), make_samples, cfg.shards, extra
     )
-    written = len(built.clips) if record["resumed"] == "fresh" else 0
+    written = record.pop("written_now")
     return SessionResult(split, ref.key, record, stats["decoded"], written, time.perf_counter() - t0)
+
+
+def _jst_range(start_ms: int, end_ms: int, with_zone: bool) -> str:
+    a, b = unix_ms_to_jst(start_ms), unix_ms_to_jst(end_ms)
+    fmt = "%H:%M:%S" if a.date() == b.date() else "%Y-%m-%d %H:%M:%S"
+    text = f"{a:{fmt}}.{start_ms % 1000:03d}-{b:{fmt}}.{end_ms % 1000:03d}"
+    return text + (" JST" if with_zone else "")
+
+
+def zero_clip_reason(ann: OperationAnnotation, timestamps: np.ndarray, skipped: dict) -> str:
+    """Why a session with frames and annotations gave no clip, with both time ranges when they miss."""
+    if not ann.segments:
+        return "no annotated segments"
+    first, last = ann.segments[0].start_ms, max(seg.end_ms for seg in ann.segments)
+    inside = int(np.count_nonzero((timestamps >= first) & (timestamps < last)))
+    if inside == 0:
+        return (
+            f"no frames inside any window: frames cover "
+            f"{_jst_range(int(timestamps[0]), int(timestamps[-1]), with_zone=True)}, "
+            f"annotations {_jst_range(first, last, with_zone=False)}"
+        )
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none built"
+    return f"{inside} frames inside the annotations, but every clip was skipped ({reasons})"
 
 
 def _check_out_dir(out_dir: Path, config_fp: str, overwrite: bool) -> None:

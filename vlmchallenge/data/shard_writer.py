@@ -89,14 +89,22 @@ def write_session_shards(
     """
     split_dir.mkdir(parents=True, exist_ok=True)
     marker = split_dir / f"{prefix}.done.json"
+    redo_reason = None
     if marker.exists():
         record = json.loads(marker.read_text())
         if record.get("fingerprint") == fingerprint:
-            record["resumed"] = "complete"
-            return record
-        marker.unlink()  # stale: inputs or settings changed; rebuild this session
-        for p in split_dir.glob(f"{prefix}-*.tar"):
-            p.unlink()
+            redo_reason = damaged_shards(split_dir, record)
+            if redo_reason is None:
+                record["resumed"] = "complete"
+                record["written_now"] = 0
+                return record
+            # a listed shard is gone or of another size: keep the intact ones before it, rebuild from there
+            marker.unlink()
+            _drop_from_first_damaged(split_dir, prefix, record)
+        else:
+            marker.unlink()  # stale: inputs or settings changed; rebuild this session
+            for p in split_dir.glob(f"{prefix}-*.tar"):
+                p.unlink()
     for p in split_dir.glob(f"{prefix}-*.tar.tmp"):
         p.unlink()
 
@@ -160,13 +168,45 @@ def write_session_shards(
         **(extra or {}),
     }
     atomic_write_text(marker, json.dumps(record, indent=1, sort_keys=True))
-    record["resumed"] = "partial" if resumed_from else "fresh"
+    record["resumed"] = "redone" if redo_reason else "partial" if resumed_from else "fresh"
+    record["written_now"] = written - resumed_from
+    if redo_reason:
+        record["redo_reason"] = redo_reason
     return record
+
+
+def damaged_shards(split_dir: Path, record: dict) -> str | None:
+    """Why a done-marker cannot be trusted (a shard it lists is missing or of another size), or None."""
+    problems = []
+    for entry in record.get("shards", []):
+        path = split_dir / entry["url"]
+        if not path.is_file():
+            problems.append(f"{entry['url']} missing")
+        elif (size := path.stat().st_size) != entry["filesize"]:
+            problems.append(f"{entry['url']} is {size} bytes, the marker recorded {entry['filesize']}")
+    return "; ".join(problems) or None
+
+
+def _drop_from_first_damaged(split_dir: Path, prefix: str, record: dict) -> None:
+    """Delete the session's shards from the first damaged one on; the resume below rewrites them (deterministic
+    bytes), while the intact ones before it are reused."""
+    for k, entry in enumerate(record.get("shards", [])):
+        path = split_dir / entry["url"]
+        if not path.is_file() or path.stat().st_size != entry["filesize"]:
+            keep = {e["url"] for e in record["shards"][:k]}
+            for p in split_dir.glob(f"{prefix}-*.tar"):
+                if p.name not in keep:
+                    p.unlink()
+            return
 
 
 def write_split_index(split_dir: Path, split: str, records: list[dict]) -> dict:
     """wids-style `shardindex.json` (url, nsamples, filesize, sha256), shards in sorted order."""
     shards = sorted((e for r in records for e in r["shards"]), key=lambda e: e["url"])
+    for e in shards:  # the index must never list a file that is not there as recorded
+        path = split_dir / e["url"]
+        if not path.is_file() or path.stat().st_size != e["filesize"]:
+            raise RuntimeError(f"{path}: listed for {INDEX_NAME} but missing or not {e['filesize']} bytes")
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": shards}
     split_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(split_dir / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True))

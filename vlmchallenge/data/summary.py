@@ -16,6 +16,7 @@ from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.pipeline import PrepareResult, SessionResult
 from vlmchallenge.data.shard_writer import atomic_write_text
 from vlmchallenge.data.splits import SPLIT_NAMES
+from vlmchallenge.data.verify import VerifyResult
 
 SUBSET_KEYS = {"data.sessions", "data.shard_of"}
 
@@ -69,11 +70,27 @@ def summary_dict(result: PrepareResult, merge_cmd: str | None = None) -> dict:
             "clips_per_s": round(t["clips_written"] / t["seconds"], 1) if t["seconds"] else 0.0,
             "frames_per_s": round(t["frames_decoded"] / t["seconds"], 1) if t["seconds"] else 0.0,
         },
-        "sessions": {
-            r.key: {"split": r.split, "state": r.record.get("resumed"), "clips": r.record["nsamples"]}
-            for r in result.sessions
-        },
+        "sessions": {r.key: _session_entry(r) for r in result.sessions},
     }
+
+
+def _session_entry(r: SessionResult) -> dict:
+    entry = {"split": r.split, "state": r.record.get("resumed"), "clips": r.record["nsamples"]}
+    for key in ("redo_reason", "zero_clip_reason"):  # why it was redone; why it gave nothing
+        if r.record.get(key):
+            entry[key] = r.record[key]
+    return entry
+
+
+def session_warnings(result: PrepareResult) -> list[str]:
+    """One line per session that was redone (its marker listed a damaged shard) or that yielded 0 clips."""
+    lines = []
+    for r in result.sessions:
+        if reason := r.record.get("redo_reason"):
+            lines.append(f"redone {r.split}/{r.key}: its done-marker listed damaged shards ({reason})")
+        if reason := r.record.get("zero_clip_reason"):
+            lines.append(f"warning: {r.split}/{r.key} yielded 0 clips: {reason}")
+    return lines
 
 
 def print_summary(result: PrepareResult, console: Console, merge_cmd: str | None = None) -> None:
@@ -95,6 +112,8 @@ def print_summary(result: PrepareResult, console: Console, merge_cmd: str | None
             console.print(f"skipped clips in {s}: {reasons}")
         if not splits[s]["nsamples"] and not result.subset:
             console.print(f"[yellow]warning: split '{s}' is empty")
+    for line in session_warnings(result):
+        console.print(line, style="yellow", markup=False, soft_wrap=True)
     if result.unassigned:
         console.print(f"[yellow]sessions of users in no split (not sharded): {', '.join(result.unassigned)}")
     if result.merged:
@@ -122,3 +141,21 @@ def print_summary(result: PrepareResult, console: Console, merge_cmd: str | None
 def write_summary(result: PrepareResult, path: Path, merge_cmd: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(summary_dict(result, merge_cmd), indent=1))
+
+
+def print_verify(result: VerifyResult, console: Console) -> None:
+    """The verdict of `verify_shards`: each bad shard with what is wrong, then the remedy."""
+    for p in result.problems:
+        console.print(f"BAD {p.path}: {p.problem}", style="red", markup=False, soft_wrap=True)
+    if result.ok:
+        console.print(
+            f"OK: {result.checked} shards, {result.samples} samples in {result.out_dir} match their index"
+        )
+        return
+    console.print(
+        f"{len(result.problems)} bad of {result.checked} shards in {result.out_dir}. Remedy: rerun "
+        "`python -m vlmchallenge.prepare` with the same settings after deleting the bad shards (it redoes the "
+        "sessions whose shards are missing)",
+        markup=False,
+        soft_wrap=True,
+    )

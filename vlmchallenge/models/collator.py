@@ -3,7 +3,8 @@
 - `TrainCollator`: prompt + answer, right padding; labels are -100 everywhere except the answer tokens
   (class name + `<|im_end|>`), found at the end of each row and checked against the answer's own tokenisation.
 - `PromptCollator`: prompt only, left padding (for scoring and batched generation).
-Both run the processor inside DataLoader workers.
+Both run the processor inside DataLoader workers, and give it each clip's sampled fps as `video_metadata`
+(from the clip's span in `Example.meta`; docs/tiny-vlm.md §4): Qwen2.5-VL's time encoding depends on it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from vlmchallenge.models.prompt import PromptBuilder
+from vlmchallenge.models.video_timing import video_metadata
 
 IGNORE_INDEX = -100
 
@@ -22,7 +24,7 @@ IGNORE_INDEX = -100
 class Example:
     frames: np.ndarray  # (T, H, W, 3) uint8
     label: int  # index into the prompt's class list
-    meta: dict
+    meta: dict  # timing for the processor: `start_ms`/`end_ms` or `duration_ms` (models/video_timing.py)
 
 
 class _Base:
@@ -36,6 +38,10 @@ class _Base:
         enc = self.processor(
             text=texts,
             videos=[ex.frames for ex in examples],
+            video_metadata=[
+                video_metadata(ex.frames, ex.meta, f"clip {ex.meta.get('key', i)}")
+                for i, ex in enumerate(examples)
+            ],
             return_tensors="pt",
             padding=True,
             padding_side=padding_side,

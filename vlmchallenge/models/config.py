@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmchallenge.models.attention import choose_attention
+from vlmchallenge.models.liger import normalise as normalise_liger
 from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 
 # LoRA on the language model's linear layers only: a regex, because the vision towers of other families (and
@@ -46,7 +48,9 @@ class ModelConfig:
     tiny: TinyModelSpec | None = None
     cache_dir: str = "data/models"
     dtype: str = "float32"  # float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    # sdpa | eager | flash_attention_2 | auto (flash-attn 2 where it can run, else sdpa; models/attention.py)
+    attn_implementation: str = "sdpa"
+    liger: str = "off"  # off | auto | on: Liger's Triton kernels on CUDA (models/liger.py)
     gradient_checkpointing: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
@@ -56,6 +60,8 @@ class ModelConfig:
             raise ValueError("model: set exactly one of model.pretrained (hub id or folder) and model.tiny")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype: expected float32, bfloat16 or float16, got {self.dtype!r}")
+        choose_attention(self.attn_implementation, False, None, self.dtype)  # raises on an unknown value
+        normalise_liger(self.liger)
         storage = self.quantization.quant_storage
         if storage is not None and storage not in ("float32", "bfloat16", "float16"):
             raise ValueError(

@@ -14,7 +14,15 @@ import torch
 
 from vlmchallenge.models.prompt import PromptBuilder
 
-PROMPT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw")
+# `second_per_grid_ts`: Qwen2.5-VL's per-clip time step (models/video_timing.py); Qwen2-VL processors omit it.
+PROMPT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
 
 
 def _rope_deltas(model) -> torch.Tensor:
@@ -38,6 +46,8 @@ def select_rows(batch: dict, rows: list[int]) -> dict:
         if k in batch
     }
     out["video_grid_thw"] = batch["video_grid_thw"][rows]
+    if "second_per_grid_ts" in batch:
+        out["second_per_grid_ts"] = batch["second_per_grid_ts"][rows]
     out["pixel_values_videos"] = torch.cat(
         [batch["pixel_values_videos"][offsets[r] : offsets[r + 1]] for r in rows]
     )
@@ -109,6 +119,9 @@ class LabelScorer:
             first_patch = sum(patches_per_clip[:row])
             pixels = batch["pixel_values_videos"][first_patch : first_patch + patches_per_clip[row]]
             grid = batch["video_grid_thw"][row : row + 1]
+            timing = {}
+            if "second_per_grid_ts" in batch:
+                timing["second_per_grid_ts"] = batch["second_per_grid_ts"][row : row + 1]
             p = prompt_ids.shape[1]
             for c in range(self.num_classes):
                 answer = self.answers[c, : self.lengths[c]].to(prompt_ids.device)[None]
@@ -122,6 +135,7 @@ class LabelScorer:
                     pixel_values_videos=pixels,
                     video_grid_thw=grid,
                     **extra,
+                    **timing,
                 ).logits.float()
                 # the token at position i is predicted by the logits at i - 1
                 log_probs = logits[0, p - 1 : p - 1 + answer.shape[1]].log_softmax(-1)

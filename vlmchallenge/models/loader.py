@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from vlmchallenge.data.frame_sampler import SamplerConfig
+from vlmchallenge.models.attention import resolve_attention
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.liger import maybe_apply_liger
 from vlmchallenge.models.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def load_base_model(
     quantized = cfg.quantization.enabled if quantized is None else quantized
     kwargs = dict(
         dtype=DTYPES[cfg.dtype],
-        attn_implementation=cfg.attn_implementation,
+        attn_implementation=resolve_attention(cfg.attn_implementation, cfg.dtype, device),
         local_files_only=_local(path_or_id),
     )
     if quantized:
@@ -85,6 +87,7 @@ def load_base_model(
     model = AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
     if quantized:
         disable_bnb_cpu_inference_repack(model)
+    maybe_apply_liger(model, cfg.liger, device)
     return model
 
 

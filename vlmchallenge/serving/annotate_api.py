@@ -26,7 +26,15 @@ from vlmchallenge.serving.annotation_outputs import (
     timeline_json,
 )
 from vlmchallenge.serving.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
-from vlmchallenge.serving.api import ExportBackedAPI, ServeLimits, b64bytes, client_error
+from vlmchallenge.serving.api import (
+    IMAGE,
+    VIDEO,
+    ExportBackedAPI,
+    ServeLimits,
+    b64bytes,
+    client_error,
+    exactly_one_of,
+)
 from vlmchallenge.serving.inference import BadInput, decode_image
 from vlmchallenge.serving.segments import Smoothing, segments
 
@@ -46,15 +54,22 @@ class SmoothingIn(BaseModel):
 
 
 class AnnotateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    frames: list[str] | None = Field(
-        None, description="base64 JPEG/PNG frames (or data: URLs), in time order"
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=exactly_one_of(
+            ("frames", "timestamps_ms"), ("video", "origin_ms"), optional=("origin_ms",)
+        ),
     )
-    timestamps_ms: list[UnixMs] | None = Field(None, description="capture time of each frame, unix ms")
-    video: str | None = Field(None, description="a base64 video file; frame times = origin + PTS")
-    origin_ms: UnixMs | None = Field(
-        None, description="the video's start, unix ms (default: its creation_time)"
+    frames: list[Annotated[str, Field(json_schema_extra=IMAGE)]] = Field(
+        None, min_length=1, description="base64 JPEG/PNG frames (or data: URLs), in time order, all one size"
     )
+    timestamps_ms: list[UnixMs] = Field(
+        None, min_length=1, description="capture time of each frame, unix ms (as many as frames)"
+    )
+    video: str = Field(
+        None, description="a base64 video file; frame times = origin + PTS", json_schema_extra=VIDEO
+    )
+    origin_ms: UnixMs = Field(None, description="the video's start, unix ms (default: its creation_time)")
     start_ms: UnixMs | None = Field(
         None, description="annotate from here (unix ms; default: the first frame)"
     )
@@ -111,12 +126,16 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
         if request.frames is not None:
             if request.timestamps_ms is None:
                 raise BadInput("'frames' needs 'timestamps_ms': the capture time of each frame (unix ms)")
+            if request.origin_ms is not None:
+                raise BadInput(
+                    "'origin_ms' goes with 'video'; frames carry their own times in 'timestamps_ms'"
+                )
             if len(request.frames) > self.limits.max_recording_frames:
                 raise BadInput(
                     f"frames: {len(request.frames)} frames; at most {self.limits.max_recording_frames} per request"
                 )
             images = [
-                decode_image(b64bytes(f, f"frames[{i}]"), f"frames[{i}]")
+                decode_image(b64bytes(f, f"frames[{i}]"), f"frames[{i}]", self.limits.max_frame_pixels)
                 for i, f in enumerate(request.frames)
             ]
             source: FrameSource = InMemoryFrames(images, request.timestamps_ms)

@@ -8,6 +8,7 @@
   submission (evaluation/seconds.py).
 - Frames are chosen by the training sampler and prepared as training stored them (`FrameSampler.as_stored`
   after the same draft decode), so a window's probabilities equal `VLMInference.predict` on its frames.
+  Each window is timed by its span for the video time encoding (docs/tiny-vlm.md §4).
 - Overlapping windows share frames: a bounded LRU cache decodes each frame once. It holds the frames of the
   windows that can still reuse them: `frames per window x (ceil(window / stride) + 1)`.
 - Windows are scored in batches through `VLMInference.predict_batch` (the KV-cached `LabelScorer`).
@@ -241,7 +242,8 @@ class RecordingAnnotator:
             for first in range(0, len(windows), b):
                 batch = windows[first : first + b]
                 clips = [np.stack([cache.get(i) for i in w.frames]) for w in batch]
-                for row, result in enumerate(self.inference.predict_batch(clips)):
+                timing = [{"start_ms": w.start_ms, "end_ms": w.end_ms} for w in batch]
+                for row, result in enumerate(self.inference.predict_batch(clips, timing)):
                     probs[first + row] = [result["probabilities"][n] for n in self.class_names]
                 if progress is not None:
                     progress(first + len(batch), len(windows), batch[-1].end_ms - range_ms[0], cache.decoded)

@@ -8,8 +8,10 @@ pydantic models; base64, image/video bytes, frame counts and sizes are checked i
 
 import base64
 import binascii
+import hmac
 import logging
 from dataclasses import dataclass
+from typing import Annotated
 
 import litserve as ls
 from fastapi import Header, HTTPException, Request
@@ -32,16 +34,45 @@ class ServeLimits:
     max_recording_frames: int = 30_000  # POST /annotate: frames (or video frames) of one recording
 
 
+def exactly_one_of(*groups: tuple[str, ...], optional: tuple[str, ...] = ()):
+    """`json_schema_extra` for a request whose input fields are alternatives: the schema says exactly one group
+    is given (`oneOf`: each group's fields `required`, but the `optional` ones; the other groups' absent), so
+    `{}` or two inputs at once are schema-invalid, as the server treats them (docs/serving.md §5). Absent means
+    unset: the fields are not nullable, and pydantic's `default: null` is dropped from the schema."""
+    fields = {f for g in groups for f in g}
+
+    def extra(schema: dict) -> None:
+        for name in fields:
+            schema["properties"][name].pop("default", None)
+        schema["oneOf"] = [
+            {
+                "required": [f for f in g if f not in optional],
+                "not": {"anyOf": [{"required": [f]} for f in sorted(fields - set(g))]},
+            }
+            for g in groups
+        ]
+
+    return extra
+
+
+# what the server needs to decode them; docs/serving.md §5
+IMAGE = {"format": "base64-image", "contentEncoding": "base64", "contentMediaType": "image/*"}
+VIDEO = {"format": "base64-video", "contentEncoding": "base64", "contentMediaType": "video/*"}
+
+
 class ClipIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    frames: list[str] | None = Field(
-        None, description="base64 JPEG/PNG frames (or data: URLs), in time order"
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one_of(("frames",), ("video",)))
+    frames: list[Annotated[str, Field(json_schema_extra=IMAGE)]] = Field(
+        None, min_length=1, description="base64 JPEG/PNG frames (or data: URLs), in time order, all one size"
     )
-    video: str | None = Field(None, description="a base64 video file (mp4, mkv, ...)")
+    video: str = Field(None, description="a base64 video file (mp4, mkv, ...)", json_schema_extra=VIDEO)
 
 
 class PredictRequest(ClipIn):
-    clips: list[ClipIn] | None = Field(None, description="several clips in one request")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=exactly_one_of(("frames",), ("video",), ("clips",))
+    )
+    clips: list[ClipIn] = Field(None, min_length=1, description="several clips in one request")
     top_k: int | None = Field(None, ge=1, description="return only the k most probable classes")
 
 
@@ -96,7 +127,9 @@ class ExportBackedAPI:
         if not self.api_key:
             return
         bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-        if self.api_key not in (x_api_key, bearer):
+        # constant time, so response timing does not reveal how much of a guessed key was right
+        expected = self.api_key.encode()
+        if not any(hmac.compare_digest(expected, (sent or "").encode()) for sent in (x_api_key, bearer)):
             raise HTTPException(401, "missing or wrong API key: send X-API-Key or Authorization: Bearer")
 
     def _clip(self, frames: list[str] | None, video: str | None, where: str):
@@ -109,23 +142,49 @@ class ExportBackedAPI:
                 raise BadInput(
                     f"{where}: {len(frames)} frames; at most {self.limits.max_frames_per_clip} per clip"
                 )
-            images = [
-                decode_image(b64bytes(f, f"{where}.frames[{i}]"), f"{where}.frames[{i}]")
-                for i, f in enumerate(frames)
-            ]
+            images = self._open_frames(frames, where)
         else:
-            images = decode_video(b64bytes(video, f"{where}.video"), self.limits.max_video_frames_read)
-        for i, im in enumerate(images):
-            if im.width * im.height > self.limits.max_frame_pixels:
-                raise BadInput(
-                    f"{where}: frame {i} is {im.width}x{im.height}; at most "
-                    f"{self.limits.max_frame_pixels} pixels per frame"
-                )
+            images = decode_video(
+                b64bytes(video, f"{where}.video"),
+                self.limits.max_video_frames_read,
+                self.limits.max_frame_pixels,
+            )
         return self.engine.prepare(images)
+
+    def _open_frames(self, frames: list[str], where: str) -> list:
+        """base64 frames -> opened (header read, size checked, not decoded) images."""
+        max_pixels = self.limits.max_frame_pixels
+        return [
+            decode_image(b64bytes(f, f"{where}.frames[{i}]"), f"{where}.frames[{i}]", max_pixels)
+            for i, f in enumerate(frames)
+        ]
 
 
 def client_error(e: BadInput) -> HTTPException:
+    """A client's mistake: a warning in the server log (not an error: nothing is wrong with the server)."""
+    log.warning("rejected a request (422): %s", e)
     return HTTPException(status_code=422, detail=str(e))
+
+
+def chat_frame_urls(body: dict) -> list[str]:
+    """The image_url parts of the last user message of a raw chat request body."""
+    messages = body.get("messages")
+    users = (
+        [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if isinstance(messages, list)
+        else []
+    )
+    content = users[-1].get("content") if users else None
+    if not isinstance(content, list) or not content:
+        raise BadInput("the last user message must contain image_url parts (the frames of one clip)")
+    urls = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            url = part.get("image_url")
+            urls.append(url.get("url") if isinstance(url, dict) else url)
+    if not urls:
+        raise BadInput("the last user message has no image_url parts; send the clip's frames as images")
+    return urls
 
 
 class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
@@ -146,8 +205,6 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
             if request.clips is not None:
                 if request.frames is not None or request.video is not None:
                     raise BadInput("give either one clip ('frames' or 'video') or 'clips', not both")
-                if not request.clips:
-                    raise BadInput("'clips' is empty")
                 if len(request.clips) > self.limits.max_clips_per_request:
                     raise BadInput(
                         f"{len(request.clips)} clips; at most {self.limits.max_clips_per_request} per request"
@@ -213,11 +270,27 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
             body = await request.json()
         except Exception:
             return  # not JSON: FastAPI's own validation answers 422
-        n = body.get("n", 1) if isinstance(body, dict) else 1
+        if not isinstance(body, dict):
+            return  # FastAPI's own validation answers 422
+        n = body.get("n", 1)
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)  # `1.0` is an integer to JSON Schema, and to pydantic
         if isinstance(n, bool) or not (isinstance(n, int) and 1 <= n <= self.limits.max_clips_per_request):
-            raise HTTPException(
-                422, f"n: expected an integer in 1..{self.limits.max_clips_per_request} (answers)"
+            raise client_error(
+                BadInput(f"n: expected an integer in 1..{self.limits.max_clips_per_request} (answers)")
             )
+        # The frames are checked here, in the API process, before the request takes a place in the queue:
+        # a 4xx raised later, in the inference worker's stream, is logged by LitServe as a server ERROR
+        # ("Error occurred while streaming outputs from the inference worker").
+        try:
+            urls = chat_frame_urls(body)
+            if len(urls) > self.limits.max_frames_per_clip:
+                raise BadInput(
+                    f"messages[-1]: {len(urls)} frames; at most {self.limits.max_frames_per_clip} per clip"
+                )
+            self._open_frames([u if isinstance(u, str) else None for u in urls], "messages[-1]")
+        except BadInput as e:
+            raise client_error(e) from None
 
     def predict(self, request, context=None):
         try:

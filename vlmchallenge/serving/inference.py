@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +23,59 @@ from vlmchallenge.models.exporter import read_export_meta
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_processor
 from vlmchallenge.models.prompt import PromptBuilder
+from vlmchallenge.models.video_timing import untimed_clip_ms
 
 
 class BadInput(ValueError):
     """A client error (the API turns it into a 4xx)."""
 
 
-def decode_image(data: bytes, what: str) -> Image.Image:
-    """Open (not yet decode) an image: the sampler decodes only the frames it picks, JPEGs at reduced size."""
+def decode_image(data: bytes, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open (not yet decode) an image: the sampler decodes only the frames it picks, JPEGs at reduced size.
+
+    `Image.open` reads only the header, so the size is checked before a single pixel is decoded: a small file
+    declaring huge dimensions (a decompression bomb) is a client error, never a decode. PIL's own guard
+    (`Image.MAX_IMAGE_PIXELS`: a warning above it, `DecompressionBombError` above twice it) is made an error."""
     try:
-        return Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise BadInput(
+            f"{what}: image dimensions over {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb); "
+            f"at most {max_pixels or Image.MAX_IMAGE_PIXELS} pixels per frame"
+        ) from None
     except Exception:  # PIL raises many types for non-images
         raise BadInput(f"{what}: not a decodable JPEG/PNG image") from None
+    check_pixels(image.width, image.height, max_pixels, what)
+    return image
 
 
-def decode_video(data: bytes, max_frames_read: int) -> list[Image.Image]:
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadInput(f"{what}: frame is {width}x{height}; at most {max_pixels} pixels per frame")
+
+
+def decode_video(data: bytes, max_frames_read: int, max_pixels: int | None = None) -> list[Image.Image]:
     import av
 
     try:
-        with av.open(io.BytesIO(data)) as container:
-            frames = []
+        container = av.open(io.BytesIO(data))
+    except Exception:
+        raise BadInput("video: not a decodable video file") from None
+    with container:
+        if not container.streams.video:
+            raise BadInput("video: contains no video stream")
+        codec = container.streams.video[0].codec_context  # the size from the stream header, before decoding
+        check_pixels(codec.width, codec.height, max_pixels, "video")
+        frames = []
+        try:
             for frame in container.decode(video=0):
                 frames.append(frame.to_image())
                 if len(frames) >= max_frames_read:
                     break
-    except Exception:
-        raise BadInput("video: not a decodable video file") from None
+        except Exception:
+            raise BadInput("video: not a decodable video file") from None
     if not frames:
         raise BadInput("video: contains no frames")
     return frames
@@ -82,6 +110,8 @@ class VLMInference:
         self.scorer = LabelScorer(self.processor.tokenizer, self.prompt)
         self.collate = PromptCollator(self.processor, self.prompt)
         self.class_ids = [NAME_TO_CLASS[n].id for n in self.prompt.class_names]
+        # frames without timestamps span one training clip, for the video time encoding (docs/tiny-vlm.md §4)
+        self.untimed_clip_ms = untimed_clip_ms(self.meta["clips"])
 
     def prepare(self, images: list[Image.Image]) -> np.ndarray:
         """Client frames -> the training geometry: chosen evenly, band cropped, resized; (T, H, W, 3) uint8."""
@@ -95,12 +125,18 @@ class VLMInference:
         except OSError as e:  # truncated or corrupt image data, found when a chosen frame is decoded
             raise BadInput(f"a frame could not be decoded: {e}") from None
 
+    def encode(self, clips: list[np.ndarray], timing: list[dict] | None = None) -> dict:
+        """Prepared clips -> the model batch. `timing`: per clip `start_ms`/`end_ms` of its frames when known;
+        None: frames without timestamps, taken to span one training clip."""
+        timing = timing or [{"duration_ms": self.untimed_clip_ms}] * len(clips)
+        batch = self.collate([Example(c, 0, t) for c, t in zip(clips, timing, strict=True)])
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     @torch.inference_mode()
-    def predict_batch(self, clips: list[np.ndarray]) -> list[dict]:
+    def predict_batch(self, clips: list[np.ndarray], timing: list[dict] | None = None) -> list[dict]:
         """Prepared clips -> one result per clip: label, id, per-class probabilities, latency."""
         start = time.perf_counter()
-        batch = self.collate([Example(c, 0, {}) for c in clips])
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = self.encode(clips, timing)
         probs = self.scorer.score(self.model, batch).softmax(1)
         latency = (time.perf_counter() - start) * 1000 / max(1, len(clips))
         out = []

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import litserve as ls
 from omegaconf import DictConfig
 
 from vlmchallenge.models.exporter import read_export_meta, read_label_map
+from vlmchallenge.serving.admission import AdmissionControl
 from vlmchallenge.serving.annotate_api import RecordingAnnotatorAPI
 from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, ServeLimits
+from vlmchallenge.serving.errors import use_one_error_shape
+from vlmchallenge.serving.openapi import tell_the_truth
+from vlmchallenge.serving.shutdown import sigterm_as_keyboard_interrupt
 
 
 def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
@@ -48,7 +53,7 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
             RecordingAnnotatorAPI(str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size)
         )
     accelerator = "cpu" if cfg.device == "cpu" else "auto"
-    return ls.LitServer(
+    server = ls.LitServer(
         apis,
         accelerator=accelerator,
         devices=1,
@@ -56,4 +61,33 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
         timeout=cfg.timeout,
         max_payload_size=int(cfg.max_payload_mb * 1024 * 1024),
         model_metadata=model_metadata(export_dir, limits),
+        middlewares=[
+            (
+                AdmissionControl,
+                {
+                    "max_queue": cfg.max_queue,
+                    "timeout_s": cfg.timeout if cfg.timeout and cfg.timeout > 0 else None,
+                    "retry_after_s": cfg.retry_after_s,
+                },
+            )
+        ],
     )
+    use_one_error_shape(server.app)
+    tell_the_truth(server.app, limits, title="vlmchallenge", version=package_version())
+    return server
+
+
+def package_version() -> str:
+    try:
+        return version("vlmchallenge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def run_server(cfg: DictConfig) -> None:
+    """Serve until Ctrl+C or SIGTERM; either way in-flight requests are answered and every process exits."""
+    server = build_server(cfg)
+    with sigterm_as_keyboard_interrupt():
+        server.run(
+            host=cfg.host, port=cfg.port, generate_client_file=False, num_api_servers=1, log_level="warning"
+        )

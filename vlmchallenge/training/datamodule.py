@@ -32,6 +32,14 @@ from vlmchallenge.data.pipeline import MANIFEST_NAME, prepare
 from vlmchallenge.data.shard_writer import INDEX_NAME
 from vlmchallenge.models.collator import Example
 from vlmchallenge.training.config import DataLoaderConfig
+from vlmchallenge.training.shard_errors import (
+    READ_KEY,
+    SKIPPED_KEY,
+    FailOnBadShard,
+    SkipCounter,
+    check_skipped,
+)
+from vlmchallenge.utils.input_errors import EmptySplitError
 
 
 def split_by_rank(src: Iterator, rank: int, world_size: int) -> Iterator:
@@ -73,11 +81,15 @@ class TrainStream(IterableDataset):
     `batches` (the DataLoader interleaves workers in that order). Nothing carries over between passes, so the
     stream of epoch `e` is the same whether the process trained epochs `0..e-1` itself or resumed from a
     checkpoint taken after them. `epoch` is set by `EpochLoader` before each pass.
+
+    An unreadable shard (truncated, flipped bits) is skipped with a warning; every batch carries, under
+    `SKIPPED_KEY`, how many samples were lost since the previous one (`SkipCounter`), counted against each
+    shard's `nsamples` in the index.
     """
 
     def __init__(
         self,
-        urls: list[str],
+        shards: dict[str, int],
         batches: int,
         batch_size: int,
         collate: Callable,
@@ -87,7 +99,8 @@ class TrainStream(IterableDataset):
         rank: int,
     ):
         super().__init__()
-        self.urls, self.batches, self.batch_size, self.collate = urls, batches, batch_size, collate
+        self.shards, self.urls = shards, list(shards)
+        self.batches, self.batch_size, self.collate = batches, batch_size, collate
         self.shuffle_buffer, self.repeats, self.seed, self.rank = shuffle_buffer, repeats, seed, rank
         self.epoch = 0
 
@@ -99,15 +112,20 @@ class TrainStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         seed = stream_seed(self.seed, self.rank, worker, self.epoch)
-        stages = [wds.ResampledShards(self.urls, seed=seed, deterministic=True), wds.tarfile_to_samples()]
+        skips = SkipCounter(self.shards)
+        stages = [
+            wds.ResampledShards(self.urls, seed=seed, deterministic=True),
+            skips.read_shards,
+        ]
         if self.repeats:
             stages.append(partial(balance_classes, repeats=self.repeats, seed=seed + 1))
         pipeline = wds.DataPipeline(
             *stages,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), seed=seed + 2),
-            wds.decode("rgb8"),
-            wds.map(to_example),
+            wds.decode("rgb8", handler=skips.handler),
+            wds.map(to_example, handler=skips.handler),
             wds.batched(self.batch_size, collation_fn=self.collate, partial=False),
+            wds.map(skips.tag_batch),
         )
         return islice(iter(pipeline), len(range(worker, self.batches, workers)))
 
@@ -136,7 +154,13 @@ def to_example(sample: dict) -> Example:
 
 
 def read_split_index(out_dir: Path | str, split: str) -> tuple[list[str], int]:
-    """Shard URLs (or paths) and the sample count of one split, from its wids-style index, whose `url`s are
+    """Shard URLs (or paths) and the sample count of one split (see `read_split_shards`)."""
+    shards = read_split_shards(out_dir, split)
+    return list(shards), sum(shards.values())
+
+
+def read_split_shards(out_dir: Path | str, split: str) -> dict[str, int]:
+    """Each shard's URL (or path) and sample count, from the split's wids-style index, whose `url`s are
     relative to the index's folder, so a prepared folder reads the same from disk or after an upload."""
     path = locations.join(out_dir, split, INDEX_NAME)
     try:
@@ -151,8 +175,24 @@ def read_split_index(out_dir: Path | str, split: str) -> tuple[list[str], int]:
         for s in shards
     ):
         raise ValueError(f"{path}: expected a `shardlist` of {{url: str, nsamples: int, ...}} entries")
-    urls = [str(locations.join(out_dir, split, s["url"])) for s in shards]
-    return urls, sum(s["nsamples"] for s in shards)
+    return {str(locations.join(out_dir, split, s["url"])): s["nsamples"] for s in shards}
+
+
+def empty_split_error(split: str, out_dir, data: DataConfig, manifest: dict) -> EmptySplitError:
+    """Why `split` has no samples, from the manifest, and what to change."""
+    users, stats = getattr(data.splits, split), manifest.get("splits", {}).get(split, {})
+    if not users:
+        why = f"data.splits.{split} is empty"
+    elif not stats.get("sessions"):
+        why = f"no session under data.root={data.root} belongs to data.splits.{split}={list(users)}"
+    else:
+        why = f"its sessions {stats['sessions']} gave no clips (skipped: {stats.get('skipped')})"
+    unassigned = manifest.get("unassigned_sessions")
+    others = f"; sessions in no split: {', '.join(unassigned)}" if unassigned else ""
+    return EmptySplitError(
+        f"{locations.join(out_dir, split)}: the {split} split has no samples: {why}{others}. Put users that "
+        f"have recordings under data.root into data.splits.{split} (or loosen data.clips) and run again"
+    )
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -184,6 +224,10 @@ class ShardDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = dataloader.batch_size, dataloader.eval_batch_size
         self.num_workers, self.shuffle_buffer = dataloader.num_workers, dataloader.shuffle_buffer
         self.class_balance = dataloader.class_balance
+        self.max_skipped_fraction = data.max_skipped_fraction
+        # this epoch's skipped and read training samples, summed over loader workers
+        self.skipped_samples = self.read_samples = 0
+        self.skipped_epoch = -1
         self.train_collate, self.eval_collate = train_collate, eval_collate
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)
@@ -209,6 +253,9 @@ class ShardDataModule(pl.LightningDataModule):
                 f"{manifest}: shards not prepared; run `python -m vlmchallenge.prepare`"
             ) from e
         locations.check_shard_reader(self.out_dir)
+        if stage == "fit" and self.num_samples("train") == 0:
+            # setup runs before configure_model: refuse before any weights load (docs/reliability-inputs.md §3)
+            raise empty_split_error("train", self.out_dir, self.data, self.manifest)
 
     def num_samples(self, split: str) -> int:
         return read_split_index(self.out_dir, split)[1]
@@ -241,8 +288,29 @@ class ShardDataModule(pl.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.resumed_epoch = int(state.get("next_train_epoch", 0))
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Sum the workers' skip counts of this epoch into the batch (the module logs it as
+        `data/skipped_samples`) and stop once they pass `data.max_skipped_fraction` of what was read."""
+        if isinstance(batch, dict) and SKIPPED_KEY in batch:
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            if epoch != self.skipped_epoch:
+                self.skipped_samples = self.read_samples = 0
+                self.skipped_epoch = epoch
+            self.skipped_samples += int(batch[SKIPPED_KEY])
+            self.read_samples += int(batch.pop(READ_KEY))
+            batch[SKIPPED_KEY] = self.skipped_samples
+            check_skipped(
+                self.skipped_samples,
+                self.read_samples,
+                self.train_batches_per_rank() * self.batch_size,
+                self.max_skipped_fraction,
+                str(locations.join(self.out_dir, "train")),
+            )
+        return batch
+
     def train_dataloader(self):
-        urls, total = read_split_index(self.out_dir, "train")
+        shards = read_split_shards(self.out_dir, "train")
+        total = sum(shards.values())
         if total == 0:
             raise ValueError(f"{self.out_dir}/train: the train split is empty; check data.splits")
         repeats = None
@@ -250,7 +318,7 @@ class ShardDataModule(pl.LightningDataModule):
             counts = self.manifest["splits"]["train"]["class_counts"]
             repeats = class_repeat_factors(counts, self.class_balance)
         stream = TrainStream(
-            urls,
+            shards,
             self.train_batches_per_rank(),
             self.batch_size,
             self.train_collate,
@@ -262,16 +330,19 @@ class ShardDataModule(pl.LightningDataModule):
         return EpochLoader(stream, self.train_epoch, self.num_workers)
 
     def _eval_loader(self, split: str):
-        urls, total = read_split_index(self.out_dir, split)
+        shards = read_split_shards(self.out_dir, split)
+        urls, total = list(shards), sum(shards.values())
         if total == 0:
             raise ValueError(f"{self.out_dir}/{split}: the {split} split is empty; check data.splits")
+        # evaluation never skips: a bad shard stops it, naming the shard and how to rebuild it
+        fail = FailOnBadShard(shards, str(locations.join(self.out_dir, split)))
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             partial(split_by_rank, rank=self.rank, world_size=self.world_size),
             wds.split_by_worker,
-            wds.tarfile_to_samples(),
-            wds.decode("rgb8"),
-            wds.map(to_example),
+            fail.read_shards,
+            wds.decode("rgb8", handler=fail),
+            wds.map(to_example, handler=fail),
             wds.batched(self.eval_batch_size, collation_fn=self.eval_collate, partial=True),
         )
         # its own generator: building the loader never draws from the global RNG (exact resume)

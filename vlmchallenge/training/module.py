@@ -23,8 +23,9 @@ from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_
 from vlmchallenge.models.loader import load_base_model, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.video_geometry import vision_tokens
+from vlmchallenge.training.answer_loss import answer_forward
+from vlmchallenge.training.shard_errors import SKIPPED_KEY
 
-MODEL_KEYS = (*PROMPT_KEYS, "labels")
 TEST_MODES = ("score", "generate")
 
 
@@ -77,7 +78,8 @@ class VLMClassifier(pl.LightningModule):
         rank_zero_info(f"trainable parameters: {trainable_report(self.model)}")
 
     def forward(self, batch: dict):
-        return self.model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False)
+        """The output with `loss` over the answer tokens; `lm_head` runs at those positions only."""
+        return answer_forward(self.model, {k: batch[k] for k in PROMPT_KEYS if k in batch}, batch["labels"])
 
     # ------------------------------------------------------------------ steps
 
@@ -85,6 +87,8 @@ class VLMClassifier(pl.LightningModule):
         loss = self(batch).loss
         n = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        if SKIPPED_KEY in batch:  # this epoch's samples lost to unreadable shards so far (ShardDataModule)
+            self.log("data/skipped_samples", float(batch[SKIPPED_KEY]), batch_size=n)
         if batch_idx == 0:
             tokens = vision_tokens(batch["video_grid_thw"]).float().mean()
             self.log("train/vision_tokens", tokens, batch_size=n)

@@ -11,20 +11,31 @@ import logging
 import pytorch_lightning as pl
 import torch
 
+from vlmchallenge.models.adapters import trainable_dtype
 from vlmchallenge.models.video_geometry import vision_tokens
 from vlmchallenge.training.architectures import model_config_for
-from vlmchallenge.training.vram_math import GIB, FootprintInputs, architecture_from_config, plan_batches
+from vlmchallenge.training.vram_math import (
+    DEFAULT_LOSS_TOKENS,
+    GIB,
+    FootprintInputs,
+    architecture_from_config,
+    plan_batches,
+)
 from vlmchallenge.training.vram_report import plan_table
 
 log = logging.getLogger(__name__)
 
 
-def footprint_inputs(m, o, seq_len: int, vision_tokens: int, cuda: bool = True) -> FootprintInputs:
+def footprint_inputs(
+    m, o, seq_len: int, vision_tokens: int, cuda: bool = True, loss_tokens: int = DEFAULT_LOSS_TOKENS
+) -> FootprintInputs:
     """A `FootprintInputs` from the model and optimizer configs (shared by the callback and the offline CLI)."""
     method = "qlora" if m.quantization.enabled else ("lora" if m.lora.enabled else "full")
     return FootprintInputs(
         method=method,
         dtype=m.dtype,
+        trainable_dtype=str(trainable_dtype(m)).removeprefix("torch."),
+        skip_modules=list(m.quantization.skip_modules),
         lora_r=m.lora.r,
         lora_dropout=m.lora.dropout,
         target_regex=m.lora.target_modules,
@@ -34,6 +45,7 @@ def footprint_inputs(m, o, seq_len: int, vision_tokens: int, cuda: bool = True) 
         attn_implementation=m.attn_implementation,
         seq_len=seq_len,
         vision_tokens=vision_tokens,
+        loss_tokens=loss_tokens,
         cuda=cuda,
     )
 
@@ -73,12 +85,13 @@ class VRAMPlanner(pl.Callback):
         batch = dm.peek_train_batch()
         seq_len = int(batch["input_ids"].shape[1])
         vision = int(vision_tokens(batch["video_grid_thw"]).max())
+        answer = int((batch["labels"] != -100).sum(1).max())  # the tokens lm_head runs on (answer_loss.py)
         arch = architecture_from_config(model_config_for(pl_module.model_cfg))
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size
         self.batch_plan = plan_batches(
             arch,
             footprint_inputs(
-                pl_module.model_cfg, pl_module.optim_cfg, seq_len, vision, torch.cuda.is_available()
+                pl_module.model_cfg, pl_module.optim_cfg, seq_len, vision, torch.cuda.is_available(), answer
             ),
             budget,
             global_batch,

@@ -2,7 +2,8 @@
 
 Pure functions; no GPU. Formulas and sources: docs/vram.md §1; the per-token form of §1.7:
 
-    peak ≈ weights + trainable state + activations(b, s) + logits(b, s) + vision(b) + CUDA context + reserve
+    peak ≈ weights + trainable state + activations(b, s) + logits(b, answer tokens) + vision(b) + CUDA context
+           + reserve
 
 Parameter counts come from instantiating the architecture on the meta device (exact, no weights). Constants
 marked CALIBRATE are from the literature and still need a GPU measurement (bench/vram_validate.py).
@@ -20,9 +21,12 @@ from vlmchallenge.models.config import LM_LINEARS
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_DQ_BYTES = 4.127 / 8  # 4-bit codes + 8-bit absmax per 64 + fp32 constant per 256 blocks (QLoRA §3)
+NF4_CONSTANT_BYTES = NF4_DQ_BYTES - 0.5  # the constants alone: Params4bit.quant_state, not a parameter
 # per trainable parameter, by optimizer class name
 ADAM_STATE_BYTES = {"AdamW": 8.0, "AdamW8bit": 2 * (1 + 4 / 256), "PagedAdamW8bit": 2 * (1 + 4 / 256)}
 LOGIT_BYTES = 12  # CALIBRATE: bf16 logits + fp32 upcast + saved log-softmax + fp32 grad (vram.md §1.4: 10-14)
+# answer tokens per sample the loss covers (class name + <|im_end|>), when no batch was seen (vram.md §1.4)
+DEFAULT_LOSS_TOKENS = 8
 CUDA_CONTEXT_BYTES = int(0.5 * GIB)  # CALIBRATE: 0.3-0.8 GiB with lazy module loading (vram.md §1.6)
 ALLOCATOR_RESERVE = 0.08  # CALIBRATE: reserved/allocated - 1 (vram.md §1.6: 1.05-1.15)
 VISION_BLOCK_FACTOR = 12  # CALIBRATE: frozen-ViT working set per patch, in units of the ViT width
@@ -36,7 +40,7 @@ class Architecture:
     vision: int  # vision tower incl. merger
     embed: int
     lm_head: int  # 0 when tied to the embeddings
-    llm_linear: int  # weights of nn.Linear layers in the language model (quantized by QLoRA)
+    llm_linear: int  # weights of nn.Linear layers in the language model (4-bit by default)
     hidden: int
     layers: int
     heads: int
@@ -87,6 +91,57 @@ def architecture_from_config(config) -> Architecture:
     )
 
 
+def quantized_linears(arch: Architecture, skip_modules: list[str]) -> dict[str, int]:
+    """name -> weight elements of each Linear bitsandbytes makes 4-bit: every one whose name no skip pattern
+    matches, by transformers' own rule (`quantizers_utils.should_convert_module`)."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    return {n: i * o for n, (i, o) in arch.linears.items() if should_convert_module(n, list(skip_modules))}
+
+
+def parameter_counts(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
+    """The counts behind the table: what the model holds, what is 4-bit and what the optimizer updates."""
+    counts = {
+        "total": arch.total,
+        "vision tower": arch.vision,
+        "language model": arch.total - arch.vision - arch.lm_head,
+        "lm_head (untied)": arch.lm_head,
+    }
+    if s.method == "qlora":
+        counts["4-bit (NF4)"] = sum(quantized_linears(arch, s.skip_modules).values())
+    counts["trainable"] = trainable_params(arch, s)
+    return counts
+
+
+def trainable_params(arch: Architecture, s: FootprintInputs) -> int:
+    if s.method == "full":
+        return arch.total
+    return lora_trainable_params(arch, s.target_regex, s.lora_r, s.modules_to_save)
+
+
+def parameter_bytes(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
+    """Bytes of every parameter the prepared model holds, by storage dtype (`nf4`: the packed 4-bit codes, as
+    `Params4bit` stores them, two per byte). `models/adapters.py` keeps each frozen parameter that is not 4-bit
+    in `s.dtype` and the trainable ones (LoRA, `modules_to_save` copies) in `s.trainable_dtype`."""
+    out: dict[str, int] = {}
+
+    def add(dtype: str, n: int) -> None:
+        if n:
+            out[dtype] = out.get(dtype, 0) + n
+
+    if s.method == "full":
+        add(s.dtype, DTYPE_BYTES[s.dtype] * arch.total)
+        return out
+    frozen = arch.total
+    if s.method == "qlora":
+        quantized = quantized_linears(arch, s.skip_modules)
+        add("nf4", sum((n + 1) // 2 for n in quantized.values()))
+        frozen -= sum(quantized.values())
+    add(s.dtype, DTYPE_BYTES[s.dtype] * frozen)
+    add(s.trainable_dtype, DTYPE_BYTES[s.trainable_dtype] * trainable_params(arch, s))
+    return out
+
+
 def lora_trainable_params(arch: Architecture, target_regex: str, r: int, modules_to_save: list[str]) -> int:
     """r * (in + out) per adapted Linear (PEFT matches `target_modules` as a full-match regex), plus the
     trainable copies of `modules_to_save` (matched as name suffixes, like PEFT)."""
@@ -102,7 +157,9 @@ def lora_trainable_params(arch: Architecture, target_regex: str, r: int, modules
 @dataclass
 class FootprintInputs:
     method: str = "lora"  # full | lora | qlora
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # of the frozen base (model.dtype); 4-bit Linears aside
+    trainable_dtype: str = "float32"  # of LoRA and modules_to_save (models/adapters.py `trainable_dtype`)
+    skip_modules: list[str] = field(default_factory=lambda: ["model.visual", "lm_head"])  # not made 4-bit
     lora_r: int = 16
     lora_dropout: float = 0.05
     target_regex: str = LM_LINEARS
@@ -113,6 +170,7 @@ class FootprintInputs:
     micro_batch: int = 1
     seq_len: int = 512  # text + vision tokens as the LLM sees them
     vision_tokens: int = 256  # LLM-side vision tokens per sample (4x as many ViT patches)
+    loss_tokens: int = DEFAULT_LOSS_TOKENS  # supervised tokens per sample: the only ones given logits
     cuda: bool = True
 
 
@@ -126,21 +184,24 @@ def estimate(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
     b, seq, h, n_layers = s.micro_batch, s.seq_len, arch.hidden, arch.layers
     terms: dict[str, int] = {}
 
-    # weights: QLoRA quantizes the LM's Linear layers; prepare_model_for_kbit_training then upcasts every
-    # other (non-4-bit) parameter to fp32 (peft utils/other.py), which is what our training path runs.
-    if s.method == "qlora":
-        rest = arch.total - arch.llm_linear
-        terms["weights"] = int(NF4_DQ_BYTES * arch.llm_linear + 4 * rest)
-    else:
+    # weights: the frozen parameters in their real dtypes (`parameter_bytes`) plus the 4-bit quantization
+    # constants; a full fine-tune trains every weight in the model dtype (grads and states: trainable_state)
+    trainable = trainable_params(arch, s)
+    stored = parameter_bytes(arch, s)
+    if s.method == "full":
         terms["weights"] = w * arch.total
+    else:
+        t = DTYPE_BYTES[s.trainable_dtype]
+        frozen = sum(stored.values()) - t * trainable
+        if s.method == "qlora":
+            frozen += int(NF4_CONSTANT_BYTES * sum(quantized_linears(arch, s.skip_modules).values()))
+        terms["weights"] = frozen
 
     # trainable parameters: their own weights (for adapters), gradients and optimizer states
     if s.method == "full":
-        trainable = arch.total
         state = trainable * (w + (ADAM_STATE_BYTES[s.optimizer] if s.optimizer != "AdamW" else 2 * w))
     else:
-        trainable = lora_trainable_params(arch, s.target_regex, s.lora_r, s.modules_to_save)
-        state = trainable * (4 + 4 + ADAM_STATE_BYTES[s.optimizer])  # PEFT keeps adapters in fp32
+        state = trainable * (t + t + ADAM_STATE_BYTES[s.optimizer])  # weight + grad in trainable_dtype
     terms["trainable_state"] = int(state)
 
     # decoder activations per token per layer (vram.md §1.3), in units of 2-byte activations
@@ -155,7 +216,8 @@ def estimate(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
         act = (b * seq * n_layers * per_layer + b * seq * 6 * h) * scale + b * n_layers * eager
     terms["activations"] = int(act)
 
-    terms["logits_loss"] = int(b * seq * arch.vocab * LOGIT_BYTES)
+    # lm_head runs only where the loss is (training/answer_loss.py): the answer tokens, not the whole sequence
+    terms["logits_loss"] = int(b * min(s.loss_tokens, seq) * arch.vocab * LOGIT_BYTES)
 
     # frozen vision tower: transient working set of one block + the merged features handed to the LM
     patches = 4 * s.vision_tokens * b
@@ -178,6 +240,7 @@ class BatchPlan:
     predicted_bytes: int
     budget_bytes: int
     terms: dict[str, int]
+    counts: dict[str, int] = field(default_factory=dict)  # parameter_counts: the numbers behind the terms
 
 
 class DoesNotFitError(ValueError):
@@ -214,7 +277,14 @@ def plan_batches(
             break
     terms = predict(best)
     return BatchPlan(
-        best, per_rank // best, world_size, global_batch, sum(terms.values()), budget_bytes, terms
+        best,
+        per_rank // best,
+        world_size,
+        global_batch,
+        sum(terms.values()),
+        budget_bytes,
+        terms,
+        parameter_counts(arch, setup),
     )
 
 

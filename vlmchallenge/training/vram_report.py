@@ -21,7 +21,14 @@ def plan_table(p: BatchPlan) -> str:
         f"micro-batch {p.micro_batch} x accumulation {p.accumulate} x world {p.world_size} "
         f"= global batch {p.global_batch}"
     )
+    if p.counts:
+        lines.append(counts_line(p.counts))
     return "\n".join(lines)
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """`parameters: total 8,291,375,616 | vision tower 675,759,104 | ...`"""
+    return "parameters: " + " | ".join(f"{k} {v:,}" for k, v in counts.items())
 
 
 def breakdown_png(terms_by_label: dict[str, dict[str, int]], path: Path) -> None:
@@ -49,7 +56,7 @@ def breakdown_png(terms_by_label: dict[str, dict[str, int]], path: Path) -> None
 def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan) -> None:
     table = Table(
         title=f"{name}: predicted peak per GPU (micro-batch {p.micro_batch}, seq {inputs.seq_len} tokens = "
-        f"{inputs.vision_tokens} vision + text)"
+        f"{inputs.vision_tokens} vision + text; logits at {inputs.loss_tokens} answer tokens)"
     )
     table.add_column("term")
     table.add_column("GiB", justify="right")
@@ -61,6 +68,14 @@ def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan) -> None:
     )
     console = Console()
     console.print(table)
+    if p.counts:
+        counts = Table(title="parameters behind the table")
+        counts.add_column("parameters")
+        counts.add_column("count", justify="right")
+        counts.add_column("share of total", justify="right")
+        for k, v in p.counts.items():
+            counts.add_row(k, f"{v:,}", f"{100 * v / p.counts['total']:.2f}%")
+        console.print(counts)
     console.print(
         f"plan: micro-batch {p.micro_batch} x accumulation {p.accumulate} x world {p.world_size} = "
         f"global batch {p.global_batch} ({inputs.method}, {inputs.optimizer}, checkpointing "

@@ -1,0 +1,38 @@
+"""What a fault-injection drill reports, for the table in docs/reliability.md (`bench/drills.py`).
+
+A drill test takes the `drill` fixture and records, once it has checked the outcome, the fault it injected, how
+many times, and how much data was lost (the test's own assertions demand 0). Whether the drill was survived is
+the test's outcome, which `bench/drills.py` reads from pytest's JUnit XML. Outside `bench/drills.py` (no
+`VLMCHALLENGE_DRILL_REPORT` in the environment) recording writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+REPORT_ENV = "VLMCHALLENGE_DRILL_REPORT"
+
+
+@dataclass
+class DrillRecord:
+    test: str  # pytest node id: `pytest <test>` reproduces it
+    fault: str  # what was injected, e.g. "SIGKILL of prepare at 1, 53 and 105 of 106 shards"
+    injected: int  # how many times
+    lost: int  # data lost, in `unit`s (the test asserts 0)
+    unit: str  # "bytes", "samples", "requests", ...
+    check: str  # how loss was measured, e.g. "rerun byte-identical to an uninterrupted run"
+
+
+class Drill:
+    def __init__(self, nodeid: str):
+        self.nodeid, self.records = nodeid, []
+
+    def record(self, fault: str, injected: int, lost: int, unit: str, check: str) -> None:
+        rec = DrillRecord(self.nodeid, fault, injected, lost, unit, check)
+        self.records.append(rec)
+        path = os.environ.get(REPORT_ENV)
+        if path:
+            with open(path, "a") as f:  # one JSON line per record; the runner reads them all at the end
+                f.write(json.dumps(asdict(rec)) + "\n")

@@ -1,0 +1,221 @@
+"""Reliability of data preparation: damaged finished shards are rebuilt, real SIGKILLs at several points resume
+to the same bytes, `verify` names damaged shards, and sessions that yield nothing say why."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+
+import vlmchallenge.conf_schema  # noqa: F401
+from tests.helpers.runs import CONF_DIR, SMALL_DATA_OVERRIDES
+from vlmchallenge.assembly import as_dataclass
+from vlmchallenge.data.annotation_parser import parse_operations_csv
+from vlmchallenge.data.config import DataConfig
+from vlmchallenge.data.frame_source import JpegFolderSource
+from vlmchallenge.data.jst_time import unix_ms_to_jst
+from vlmchallenge.data.pipeline import prepare
+from vlmchallenge.data.summary import print_summary, session_warnings, summary_dict
+from vlmchallenge.data.verify import verify_shards
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- a damaged finished shard is rebuilt
+
+
+@pytest.mark.drill
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, drill):
+    first = prepare(data_cfg)
+    reference = tree_bytes(first.out_dir)
+    shards = sorted((first.out_dir / "train").glob("U9001-S0100-*.tar"))
+    assert len(shards) >= 3
+    victim = shards[1]
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+    again = prepare(data_cfg)
+    states = {r.key: r.record["resumed"] for r in again.sessions}
+    assert states == {"U9001-S0100": "redone", "U9002-S0100": "complete", "U9003-S0100": "complete"}
+    redone = summary_dict(again)["sessions"]["U9001-S0100"]
+    assert victim.name in redone["redo_reason"]
+    assert ("missing" if damage == "delete" else "bytes, the marker recorded") in redone["redo_reason"]
+    assert any(line.startswith("redone train/U9001-S0100") for line in session_warnings(again))
+    # shard 0 was intact and reused; shards 1.. were rewritten
+    rewritten = sum(e["nsamples"] for e in again.sessions[0].record["shards"][1:])
+    assert again.totals["clips_written"] == rewritten > 0
+    after = tree_bytes(first.out_dir)
+    assert after == reference
+    drill.record(
+        fault=f"a finished shard {'deleted' if damage == 'delete' else 'truncated to half'}, then prepare rerun",
+        injected=1,
+        lost=sum(after.get(name) != data for name, data in reference.items()),
+        unit="files",
+        check="the session is redone; the shard folder is byte-identical to the first run",
+    )
+
+
+# ---------------------------------------------------------------- verify
+
+
+@pytest.mark.drill
+def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill):
+    out = prepare(data_cfg).out_dir
+    clean = verify_shards(out)
+    assert clean.ok and clean.checked == sum(1 for _ in out.glob("*/*.tar"))
+    cmd = [sys.executable, "-m", "vlmchallenge.verify", f"shards={out}", f"paths.log_dir={tmp_path}/logs"]
+    train = sorted((out / "train").glob("*.tar"))
+    truncated, flipped = train[0], train[2]
+    truncated.write_bytes(truncated.read_bytes()[:-700])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, same size: only the sha256 can tell
+    flipped.write_bytes(bytes(data))
+
+    bad = verify_shards(out)
+    problems = {p.path.name: p.problem for p in bad.problems}
+    assert set(problems) == {truncated.name, flipped.name}
+    assert problems[truncated.name].startswith("truncated:")
+    assert problems[flipped.name].startswith("sha256 mismatch")
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert f"BAD {truncated}: truncated" in run.stdout and f"BAD {flipped}: sha256 mismatch" in run.stdout
+    assert "2 bad of" in run.stdout and "rerun `python -m vlmchallenge.prepare`" in run.stdout
+
+    truncated.unlink()  # the remedy it names: delete the bad shards, rerun prepare
+    flipped.unlink()
+    prepare(data_cfg)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert f"OK: {clean.checked} shards" in run.stdout
+    drill.record(
+        fault="one shard truncated by 700 bytes, one bit flipped in another (same size), then `verify`",
+        injected=2,
+        lost=0,  # both named (exit 1); after the remedy (delete, rerun prepare) verify passes
+        unit="damaged shards missed",
+        check="`verify` names both with the reason and exits 1; after delete + prepare it exits 0",
+    )
+
+
+# ---------------------------------------------------------------- sessions that yield 0 clips say why
+
+
+def _jst(ms: int, date: bool = False) -> str:
+    ms = int(ms)
+    return unix_ms_to_jst(ms).strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S") + f".{ms % 1000:03d}"
+
+
+def test_zero_clip_sessions_name_their_reason(data_cfg, synthetic_root, tmp_path):
+    root = tmp_path / "v1.0.0"
+    shutil.copytree(synthetic_root, root)
+    # U9001: annotations one hour after the frames (the frames all lie before the first annotation)
+    csv = root / "U9001/annotation/openpack-operations/S0100.csv"
+    csv.write_text(csv.read_text().replace("2022-03-29 14:", "2022-03-29 15:"))
+    # U9002: frame names that are not JST time stamps
+    frames2 = root / "U9002/kinect/color-masked/frames/S0100"
+    for i, p in enumerate(sorted(frames2.rglob("*.jpg"))):
+        p.rename(p.with_name(f"frame_{i:05d}.jpg"))
+    # U9003: no frame folder at all
+    frames3 = root / "U9003/kinect/color-masked/frames/S0100"
+    shutil.rmtree(frames3)
+
+    result = prepare(dataclasses.replace(data_cfg, root=str(root)))
+    reasons = {r.key: r.record["zero_clip_reason"] for r in result.sessions}
+    ts = JpegFolderSource(root / "U9001/kinect/color-masked/frames/S0100").timestamps_ms
+    ann = parse_operations_csv(csv)
+    assert reasons["U9001-S0100"] == (
+        f"no frames inside any window: frames cover {_jst(ts[0])}-{_jst(ts[-1])} JST, "
+        f"annotations {_jst(ann.segments[0].start_ms)}-{_jst(ann.segments[-1].end_ms)}"
+    )
+    assert reasons["U9002-S0100"].startswith("none of the ") and "frame_00000.jpg" in reasons["U9002-S0100"]
+    assert "expected YYYYMMDD_HHMMSS_mmm" in reasons["U9002-S0100"]
+    assert reasons["U9003-S0100"].startswith(f"frame folder missing: {frames3}")
+    console = Console(record=True, width=400)
+    print_summary(result, console)
+    printed = console.export_text()
+    for split, key in [("train", "U9001-S0100"), ("val", "U9002-S0100"), ("test", "U9003-S0100")]:
+        assert f"warning: {split}/{key} yielded 0 clips: {reasons[key]}" in printed
+    assert summary_dict(result)["sessions"]["U9003-S0100"]["zero_clip_reason"] == reasons["U9003-S0100"]
+
+
+# ---------------------------------------------------------------- crash drill: real SIGKILLs
+
+
+DRILL = [
+    *SMALL_DATA_OVERRIDES,
+    "data.shards.maxcount=2",  # many small shards: kill points between and inside them
+    "data.shards.workers=1",
+]
+
+
+def _shard_count(out: Path) -> int:
+    return sum(1 for _ in out.glob("*/*.tar"))
+
+
+@pytest.mark.drill
+def test_prepare_killed_at_three_points_resumes_byte_identical(tmp_path, drill):
+    data_dir = tmp_path / "data"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("prepare", overrides=[*DRILL, f"paths.data_dir={data_dir}"])
+
+    def settings(out: Path) -> DataConfig:
+        data = as_dataclass(DataConfig, cfg.data)
+        return dataclasses.replace(data, shards=dataclasses.replace(data.shards, out_dir=str(out)))
+
+    reference = prepare(settings(tmp_path / "reference"), data_dir)  # also generates the shared raw tree
+    total = _shard_count(reference.out_dir)
+    assert total >= 6
+    # kill once this many final shards exist; the last point leaves the last shard, the marker, the indexes
+    # and the manifest (a kill can land just after the last shard's rename: then only those)
+    kill_after = {"first": 1, "middle": total // 2, "last": total - 1}
+
+    # the three runs in parallel: each CLI start imports torch (seconds), and they share no output
+    runs = {}
+    for name in kill_after:
+        out = tmp_path / f"killed-{name}"
+        cmd = [sys.executable, "-m", "vlmchallenge.prepare", *DRILL, f"paths.data_dir={data_dir}"]
+        cmd += [f"data.shards.out_dir={out}", f"paths.log_dir={tmp_path}/logs-{name}"]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        runs[name] = (proc, out)
+    seen = {}
+    deadline = time.monotonic() + 240
+    while len(seen) < len(runs) and time.monotonic() < deadline:
+        for name, (proc, out) in runs.items():
+            if name not in seen and out.is_dir() and _shard_count(out) >= kill_after[name]:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: nothing of it keeps writing
+                proc.wait()
+                seen[name] = _shard_count(out)
+        time.sleep(0.002)
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for name, (proc, out) in runs.items():
+        assert proc.returncode == -signal.SIGKILL, (
+            f"{name}: not killed ({proc.returncode}) {proc.stderr.read()}"
+        )
+        assert not (out / "manifest.json").exists()  # it died before the end
+        resumed = prepare(settings(out), data_dir)
+        assert resumed.totals["clips_written"] < reference.totals["clips_written"]  # finished work reused
+        assert tree_bytes(out) == tree_bytes(reference.out_dir), name
+    drill.record(
+        fault=f"SIGKILL of `python -m vlmchallenge.prepare` after {sorted(seen.values())} of {total} shards",
+        injected=len(seen),
+        lost=0,  # each rerun's folder is byte-identical to the uninterrupted run's, checked above
+        unit="files",
+        check="the rerun's shard folder is byte-identical to an uninterrupted run's",
+    )
