@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.helpers.runs import TINY_TRAIN_OVERRIDES, TWO_CLASS_OVERRIDES, compose_evaluate, data_overrides
+from vlmchallenge.utils.input_errors import InputError
 from vlmchallenge.workflows import evaluate
 
 DATA = data_overrides(TINY_TRAIN_OVERRIDES + TWO_CLASS_OVERRIDES)
@@ -126,11 +127,10 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
 
 
 @pytest.mark.drill
-def test_evaluate_cli_names_a_damaged_test_shard_and_the_remedy_without_a_traceback(
-    two_class_run, tmp_path, drill
-):
-    """A header bit flipped in a test shard (same size, so `prepare`'s marker check passes it): the evaluate
-    command stops with one message naming the shard and how to rebuild it, exit status 1, no traceback."""
+def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_path, drill):
+    """A header bit flipped in a test shard (same size, so `prepare`'s marker check passes it): evaluation stops
+    with an `InputError` naming the shard and how to rebuild it, and writes no report. The entry points print an
+    `InputError` as its message alone, exit status 1 (the CLI drill in tests/test_model_availability.py)."""
     shards = tmp_path / "shards"
     shutil.copytree(two_class_run.objects.components.datamodule.out_dir, shards)
     victim = sorted((shards / "test").glob("*.tar"))[0]
@@ -139,25 +139,19 @@ def test_evaluate_cli_names_a_damaged_test_shard_and_the_remedy_without_a_traceb
     data = bytearray(victim.read_bytes())
     data[middle.offset + 3] ^= 0x04  # the member's name: its header checksum no longer matches
     victim.write_bytes(bytes(data))
-    proc = subprocess.run(
-        [sys.executable, "-m", "vlmchallenge.evaluate", f"export_dir={two_class_run.objects.export_dir}"]
-        + [*DATA, f"paths.data_dir={two_class_run.data_dir}", f"data.shards.out_dir={shards}"]
-        + ["dataloader.num_workers=0", f"paths.log_dir={tmp_path}/logs"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = tmp_path / "eval"
+    cfg = evaluate_cfg(
+        two_class_run, out, f"export_dir={two_class_run.objects.export_dir}", f"data.shards.out_dir={shards}"
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
-    assert f"{victim}: unreadable evaluation shard" in out and "python -m vlmchallenge.prepare" in out, out[
-        -3000:
-    ]
-    assert "Traceback" not in out, out[-3000:]
-    assert not list((tmp_path / "logs").rglob("report.json"))
+    with pytest.raises(InputError) as err:
+        evaluate(cfg)
+    assert f"{victim}: unreadable evaluation shard" in str(err.value)
+    assert "python -m vlmchallenge.prepare" in str(err.value)
+    assert not list(out.rglob("report.json"))
     drill.record(
-        fault="a header bit flipped in a test shard, then `python -m vlmchallenge.evaluate`",
+        fault="a header bit flipped in a test shard, then evaluation",
         injected=1,
         lost=0,  # nothing is scored on partial data: no report is written
         unit="reports on partial data",
-        check="exit 1 with the shard's path and the remedy, no traceback, no report",
+        check="stops with the shard's path and the remedy (an InputError: printed without traceback), no report",
     )
