@@ -7,13 +7,13 @@ import csv
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers.runs import TINY_TRAIN_OVERRIDES, TWO_CLASS_OVERRIDES, compose_evaluate, data_overrides
+from tests.helpers.shard_damage import flip_header_bit
 from vlmchallenge.utils.input_errors import InputError
 from vlmchallenge.workflows import evaluate
 
@@ -134,11 +134,7 @@ def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_p
     shards = tmp_path / "shards"
     shutil.copytree(two_class_run.objects.components.datamodule.out_dir, shards)
     victim = sorted((shards / "test").glob("*.tar"))[0]
-    with tarfile.open(victim) as tar:
-        middle = tar.getmembers()[len(tar.getmembers()) // 2]
-    data = bytearray(victim.read_bytes())
-    data[middle.offset + 3] ^= 0x04  # the member's name: its header checksum no longer matches
-    victim.write_bytes(bytes(data))
+    flip_header_bit(victim)
     out = tmp_path / "eval"
     cfg = evaluate_cfg(
         two_class_run, out, f"export_dir={two_class_run.objects.export_dir}", f"data.shards.out_dir={shards}"
