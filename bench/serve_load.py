@@ -5,7 +5,9 @@ dynamic batching on vs off.
 
 For each setting a real server subprocess is started (`python -m vlmchallenge.serve`), warmed up, then sent a
 fixed number of /predict requests (the same real clip) from a thread pool. Targets: batched >= 2x the
-throughput of unbatched at concurrency 8; 0 errors over all requests.
+throughput of unbatched at concurrency 8; 0 errors over all requests. Each row also gives the CPU time per
+request of the server's whole process tree and of its busiest process (the inference worker), and of this
+load generator, from psutil: where the time goes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -84,13 +88,30 @@ def one_request(base: str, body: bytes) -> tuple[bool, float]:
     return ok, time.perf_counter() - start
 
 
-def load(base: str, body: bytes, concurrency: int, requests: int) -> dict:
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of `pid` and each of its descendants."""
+    out = {}
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def load(base: str, body: bytes, concurrency: int, requests: int, server_pid: int) -> dict:
     for _ in range(4):
         one_request(base, body)  # warm-up
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda _: one_request(base, body), range(requests)))
     wall = time.perf_counter() - start
+    client_cpu = time.process_time() - client_before
+    server_after = cpu_seconds(server_pid)
+    per_process = [t - server_before.get(pid, 0.0) for pid, t in server_after.items()]
     lat = sorted(t for _, t in results)
 
     def pct(q: float) -> float:
@@ -103,6 +124,9 @@ def load(base: str, body: bytes, concurrency: int, requests: int) -> dict:
         "p99": pct(0.99),
         "errors": sum(not ok for ok, _ in results),
         "requests": requests,
+        "server_cpu_ms": sum(per_process) * 1000 / requests,
+        "busiest_cpu_ms": max(per_process) * 1000 / requests,
+        "client_cpu_ms": client_cpu * 1000 / requests,
     }
 
 
@@ -127,7 +151,7 @@ def main() -> None:
         proc, base = start_server(Path(a.export), batch, a.batch_timeout_ms, f"device={a.device}")
         try:
             for c in a.concurrency:
-                table[(label, c)] = load(base, body, c, a.requests)
+                table[(label, c)] = load(base, body, c, a.requests, proc.pid)
                 print(label, c, table[(label, c)], flush=True)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -141,14 +165,19 @@ def main() -> None:
         "",
         f"Command: `{cmd}` ({date.today().isoformat()})",
         "",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {a.device} inference (tiny model export), one worker; "
-        f"each request one clip of {a.frames} JPEG frames (~{len(body) // 1024} KB JSON) on loopback; "
-        f"{a.requests} requests per row after 4 warm-up requests; batch timeout {a.batch_timeout_ms} ms.",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {a.device} inference (tiny model export), one worker "
+        f"(frame decoding in its default thread pool); each request one clip of {a.frames} JPEG frames "
+        f"(~{len(body) // 1024} KB JSON) on loopback; {a.requests} requests per row after 4 warm-up requests; "
+        f"batch timeout {a.batch_timeout_ms} ms.",
+        "- CPU ms/req: CPU time per request of the server's process tree, of its busiest process (the inference "
+        "worker), and of this load generator (psutil, https://psutil.readthedocs.io/en/latest/#psutil.Process.cpu_times).",
         "",
-        "| setting | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| setting | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | worker CPU ms/req "
+        "| client CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {lb} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} |"
+            f"| {lb} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} "
+            f"| {r['server_cpu_ms']:.1f} | {r['busiest_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} |"
             for (lb, c), r in table.items()
         ),
         "",

@@ -265,32 +265,60 @@ def test_every_error_has_the_one_error_body_and_every_answer_a_content_type(clie
         assert client.get(path).headers["content-type"] == "text/plain; charset=utf-8"
 
 
-def test_invalid_json_and_oversize_payload(export_dir):
-    cfg = serve_cfg(export_dir, max_payload_mb=0.05, openai=False)
+@pytest.fixture(scope="module")
+def strict_client(export_dir):
+    """A server with an API key, a 50 KB payload limit, and batches of up to 4 requests collected for up to 1 s
+    (long enough for concurrent requests to share one batch)."""
+    cfg = serve_cfg(
+        export_dir, api_key="s3cret", max_payload_mb=0.05, openai=False, max_batch_size=4, batch_timeout=1.0
+    )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(lambda p: c.get(p).status_code)
-        r = c.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
-        assert r.status_code == 422 and "JSON" in r.text
-        import numpy as np
-
-        noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
-        buf = io.BytesIO()
-        noise.save(buf, format="PNG")  # incompressible: ~360 KB, over the 50 KB limit
-        r = c.post("/predict", json={"frames": [base64.b64encode(buf.getvalue()).decode()]})
-        assert r.status_code == 413
+        yield c
 
 
-def test_api_key(export_dir, frames_b64):
-    with (
-        wrap_litserve_start(build_server(serve_cfg(export_dir, api_key="s3cret"))) as server,
-        TestClient(server.app) as c,
-    ):
-        wait_healthy(lambda p: c.get(p).status_code)
-        body = {"frames": frames_b64[:4]}
-        assert c.post("/predict", json=body).status_code == 401
-        assert c.post("/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert c.post("/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
-        assert c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+def test_invalid_json_and_oversize_payload(strict_client):
+    c = strict_client
+    r = c.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.text
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG")  # incompressible: ~360 KB, over the 50 KB limit
+    r = c.post("/predict", json={"frames": [base64.b64encode(buf.getvalue()).decode()]})
+    assert r.status_code == 413
+
+
+def test_api_key(strict_client, frames_b64):
+    c, body = strict_client, {"frames": frames_b64[:4]}
+    assert c.post("/predict", json=body).status_code == 401
+    assert c.post("/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert c.post("/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_a_bad_request_in_a_batch_gets_its_own_422_and_the_others_their_answers(strict_client, clips):
+    """Four concurrent requests share one batch: two good clips, one whose frame is cut short (found only when
+    the batch decodes it) and one with invalid base64 (found when the request is opened). LitServe answers a
+    whole batch with any request's exception; each must get its own answer instead (docs/serving.md §7)."""
+    key = {"X-API-Key": "s3cret"}
+    whole = base64.b64decode(clips[0].frames_b64[0])
+    truncated = base64.b64encode(whole[: len(whole) * 2 // 3]).decode()  # the header is whole: it opens
+    bodies = [
+        {"frames": clips[0].frames_b64},
+        {"frames": [truncated] + clips[0].frames_b64[1:]},
+        {"clips": [{"frames": clips[-1].frames_b64}, {"frames": ["!!!"]}]},
+        {"frames": clips[-1].frames_b64},
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda b: strict_client.post("/predict", json=b, headers=key), bodies))
+    assert time.perf_counter() - start < 1.0 + 5, "the four requests did not share one batch"
+    codes = [r.status_code for r in answers]
+    assert codes == [200, 422, 422, 200], [r.text for r in answers]
+    assert answers[1].json()["detail"].startswith("request: a frame could not be decoded: image file is truncated")
+    assert answers[2].json()["detail"].startswith("clips[1].frames[0]: invalid base64")
+    for r, case in ((answers[0], clips[0]), (answers[3], clips[-1])):
+        assert r.json()["prediction"]["label"] == case.label
 
 
 # ---------------------------------------------------------------- a real server on loopback

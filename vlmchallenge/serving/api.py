@@ -15,6 +15,7 @@ from typing import Annotated
 
 import litserve as ls
 from fastapi import Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlmchallenge.serving.inference import BadInput, VLMInference, decode_image, decode_video
@@ -109,16 +110,24 @@ class ExportBackedAPI:
     api_key: str | None
 
     def serve_export(
-        self, export_dir: str, device: str, limits: ServeLimits | None, api_key: str | None
+        self,
+        export_dir: str,
+        device: str,
+        limits: ServeLimits | None,
+        api_key: str | None,
+        decode_threads: int | None = None,
     ) -> None:
         """What every API's constructor records (the engine itself is built per worker, in `setup`)."""
         self.export_dir, self.device_name = export_dir, device
         self.limits, self.api_key = limits or ServeLimits(), api_key
+        self.decode_threads = decode_threads
 
     def setup(self, device) -> None:
         """LitServe calls this once per worker, with the device it assigned to that worker."""
         chosen = self.device_name if self.device_name != "auto" else device
-        self.engine = VLMInference(self.export_dir, device=None if chosen == "auto" else chosen)
+        self.engine = VLMInference(
+            self.export_dir, device=None if chosen == "auto" else chosen, decode_threads=self.decode_threads
+        )
 
     def authorize(
         self, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
@@ -132,7 +141,8 @@ class ExportBackedAPI:
         if not any(hmac.compare_digest(expected, (sent or "").encode()) for sent in (x_api_key, bearer)):
             raise HTTPException(401, "missing or wrong API key: send X-API-Key or Authorization: Bearer")
 
-    def _clip(self, frames: list[str] | None, video: str | None, where: str):
+    def _opened_clip(self, frames: list[str] | None, video: str | None, where: str) -> list:
+        """One clip's input -> its images, checked and opened (a video is decoded; frames only opened)."""
         if (frames is None) == (video is None):
             raise BadInput(f"{where}: give exactly one of 'frames' (base64 images) and 'video' (base64 file)")
         if frames is not None:
@@ -142,14 +152,12 @@ class ExportBackedAPI:
                 raise BadInput(
                     f"{where}: {len(frames)} frames; at most {self.limits.max_frames_per_clip} per clip"
                 )
-            images = self._open_frames(frames, where)
-        else:
-            images = decode_video(
-                b64bytes(video, f"{where}.video"),
-                self.limits.max_video_frames_read,
-                self.limits.max_frame_pixels,
-            )
-        return self.engine.prepare(images)
+            return self._open_frames(frames, where)
+        return decode_video(
+            b64bytes(video, f"{where}.video"),
+            self.limits.max_video_frames_read,
+            self.limits.max_frame_pixels,
+        )
 
     def _open_frames(self, frames: list[str], where: str) -> list:
         """base64 frames -> opened (header read, size checked, not decoded) images."""
@@ -164,6 +172,13 @@ def client_error(e: BadInput) -> HTTPException:
     """A client's mistake: a warning in the server log (not an error: nothing is wrong with the server)."""
     log.warning("rejected a request (422): %s", e)
     return HTTPException(status_code=422, detail=str(e))
+
+
+def client_error_response(e: BadInput) -> JSONResponse:
+    """`client_error` as the answer itself (FastAPI sends a returned `Response` as it is), for one request of a
+    batch; the body is the one error body (serving/errors.py)."""
+    log.warning("rejected a request (422): %s", e)
+    return JSONResponse({"detail": str(e)}, status_code=422)
 
 
 def chat_frame_urls(body: dict) -> list[str]:
@@ -188,6 +203,11 @@ def chat_frame_urls(body: dict) -> list[str]:
 
 
 class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
+    """`POST /predict`. With dynamic batching (`max_batch_size` > 1) the chosen frames of every request in a
+    batch are decoded together in the engine's thread pool, and a bad request is answered its own 422 while the
+    others in its batch are answered as if alone. LitServe answers every request of a batch with the exception
+    any one of them raises, so nothing here raises once a batch is formed (docs/serving.md §7)."""
+
     def __init__(
         self,
         export_dir: str,
@@ -196,47 +216,79 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
         api_key: str | None = None,
         max_batch_size: int = 8,
         batch_timeout: float = 0.01,
+        decode_threads: int | None = None,
     ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.serve_export(export_dir, device, limits, api_key)
+        self.serve_export(export_dir, device, limits, api_key, decode_threads)
 
     def decode_request(self, request: PredictRequest) -> dict:  # the annotation is the request schema
+        """The request's clips checked and opened; decoded here only when unbatched (LitServe then calls
+        neither `batch` nor `unbatch`), else with the rest of the batch in `batch`."""
+        x = {"multi": request.clips is not None, "top_k": request.top_k}
         try:
-            if request.clips is not None:
-                if request.frames is not None or request.video is not None:
-                    raise BadInput("give either one clip ('frames' or 'video') or 'clips', not both")
-                if len(request.clips) > self.limits.max_clips_per_request:
-                    raise BadInput(
-                        f"{len(request.clips)} clips; at most {self.limits.max_clips_per_request} per request"
-                    )
-                clips = [self._clip(c.frames, c.video, f"clips[{i}]") for i, c in enumerate(request.clips)]
-                return {"clips": clips, "multi": True, "top_k": request.top_k}
-            return {
-                "clips": [self._clip(request.frames, request.video, "request")],
-                "multi": False,
-                "top_k": request.top_k,
-            }
+            x["opened"] = self._opened_request(request)
         except BadInput as e:
-            raise client_error(e) from None
+            x["error"] = e
+        if self.max_batch_size > 1:
+            return x
+        (x,) = self._decoded([x])
+        if "error" in x:
+            raise client_error(x["error"])
+        return x
 
-    def batch(self, inputs: list[dict]) -> dict:
-        return {"clips": [c for x in inputs for c in x["clips"]], "requests": inputs}
+    def _opened_request(self, request: PredictRequest) -> list[list]:
+        if request.clips is None:
+            return [self._opened_clip(request.frames, request.video, "request")]
+        if request.frames is not None or request.video is not None:
+            raise BadInput("give either one clip ('frames' or 'video') or 'clips', not both")
+        if len(request.clips) > self.limits.max_clips_per_request:
+            raise BadInput(
+                f"{len(request.clips)} clips; at most {self.limits.max_clips_per_request} per request"
+            )
+        return [self._opened_clip(c.frames, c.video, f"clips[{i}]") for i, c in enumerate(request.clips)]
 
-    def unbatch(self, output: dict) -> list[dict]:
-        results, out = output["results"], []
-        for request in output["requests"]:
-            n = len(request["clips"])
-            out.append({**request, "results": results[:n]})
-            results = results[n:]
+    def _decoded(self, requests: list[dict]) -> list[dict]:
+        """Every clip of `requests` decoded at once: per request its `clips`, or the `error` of its first bad
+        clip."""
+        flat = [clip for x in requests if "error" not in x for clip in x["opened"]]
+        prepared = iter(self.engine.prepare_many(flat))
+        out = []
+        for x in requests:
+            request = {"multi": x["multi"], "top_k": x["top_k"]}
+            if "error" in x:
+                out.append({**request, "error": x["error"]})
+                continue
+            clips = [next(prepared) for _ in x["opened"]]
+            bad = next((i for i, c in enumerate(clips) if isinstance(c, BadInput)), None)
+            if bad is None:
+                out.append({**request, "clips": clips})
+            else:
+                where = f"clips[{bad}]" if x["multi"] else "request"
+                out.append({**request, "error": BadInput(f"{where}: {clips[bad]}")})
         return out
 
+    def batch(self, inputs: list[dict]) -> dict:
+        requests = self._decoded(inputs)
+        return {"clips": [c for x in requests for c in x.get("clips", [])], "requests": requests}
+
     def predict(self, x: dict) -> dict:
-        results = self.engine.predict_batch(x["clips"])
+        results = self.engine.predict_batch(x["clips"]) if x["clips"] else []
         if "requests" in x:  # a dynamic batch of several requests
             return {"results": results, "requests": x["requests"]}
         return {**x, "results": results}
 
-    def encode_response(self, output: dict) -> PredictResponse:
+    def unbatch(self, output: dict) -> list[dict]:
+        results, out = iter(output["results"]), []
+        for request in output["requests"]:
+            if "error" in request:
+                out.append(request)
+            else:
+                out.append({**request, "results": [next(results) for _ in request["clips"]]})
+        return out
+
+    def encode_response(self, output: dict) -> PredictResponse:  # the annotation is the response schema
+        if "error" in output:  # one bad request of a batch: its 422 as an answer, not an exception
+            return client_error_response(output["error"])
         results = output["results"]
         if output.get("top_k"):
             for r in results:
@@ -256,9 +308,10 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
         device: str = "auto",
         limits: ServeLimits | None = None,
         api_key: str | None = None,
+        decode_threads: int | None = None,
     ):
         super().__init__(spec=ls.OpenAISpec())
-        self.serve_export(export_dir, device, limits, api_key)
+        self.serve_export(export_dir, device, limits, api_key, decode_threads)
 
     async def authorize(
         self, request: Request, x_api_key: str | None = Header(None), authorization: str | None = Header(None)
@@ -306,7 +359,8 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
                 raise BadInput(
                     "the last user message has no image_url parts; send the clip's frames as images"
                 )
-            result = self.engine.predict_batch([self._clip(urls, None, "messages[-1]")])[0]
+            clip = self.engine.prepare(self._opened_clip(urls, None, "messages[-1]"))
+            result = self.engine.predict_batch([clip])[0]
         except BadInput as e:
             raise client_error(e) from None
         yield result["label"]

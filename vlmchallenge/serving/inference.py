@@ -8,8 +8,10 @@ valid and comes with per-class probabilities.
 from __future__ import annotations
 
 import io
+import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +89,30 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_decode_threads() -> int:
+    """One decode thread per core this process may use, at most 8 (the default batch holds 8 clips)."""
+    return max(
+        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
+
+
+def clip_problem(images: list[Image.Image]) -> str | None:
+    if not images:
+        return "a clip needs at least one frame"
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        return f"all frames of a clip must have the same size, got {sorted(sizes)}"
+    return None
+
+
 class VLMInference:
-    def __init__(self, export_dir: str | Path, device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        decode_threads: int | None = None,
+    ):
         from transformers import AutoModelForImageTextToText
 
         self.export_dir = Path(export_dir)
@@ -112,18 +136,43 @@ class VLMInference:
         self.class_ids = [NAME_TO_CLASS[n].id for n in self.prompt.class_names]
         # frames without timestamps span one training clip, for the video time encoding (docs/tiny-vlm.md §4)
         self.untimed_clip_ms = untimed_clip_ms(self.meta["clips"])
+        # PIL's JPEG decode and encode and torch's resize release the GIL, so the chosen frames of a clip, and
+        # of every clip in a batch, are decoded at once in threads (docs/serving.md §7)
+        self.decode_threads = decode_threads or default_decode_threads()
+        self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="frame-decode")
 
     def prepare(self, images: list[Image.Image]) -> np.ndarray:
         """Client frames -> the training geometry: chosen evenly, band cropped, resized; (T, H, W, 3) uint8."""
-        if not images:
-            raise BadInput("a clip needs at least one frame")
-        sizes = {im.size for im in images}
-        if len(sizes) > 1:
-            raise BadInput(f"all frames of a clip must have the same size, got {sorted(sizes)}")
+        clip = self.prepare_many([images])[0]
+        if isinstance(clip, BadInput):
+            raise clip
+        return clip
+
+    def prepare_many(self, clips: list[list[Image.Image]]) -> list[np.ndarray | BadInput]:
+        """Several clips at once (`prepare` of each), every chosen frame decoded in the thread pool. Per clip its
+        array, or the `BadInput` that stopped it: one bad clip in a batch must not fail the others."""
+        out: list[np.ndarray | BadInput | None] = [None] * len(clips)
+        chosen: dict[int, list[int]] = {}
+        for c, images in enumerate(clips):
+            if problem := clip_problem(images):
+                out[c] = BadInput(problem)
+            else:
+                chosen[c] = self.sampler.select_evenly(len(images))
+        # each distinct frame once: a short clip picks a frame several times, and one Image must not be drafted
+        # and loaded by two threads at once
+        frames = list(dict.fromkeys((c, i) for c, picks in chosen.items() for i in picks))
+        images = [clips[c][i] for c, i in frames]
+        decoded = dict(zip(frames, self.decode_pool.map(self._decode_one, images), strict=True))
+        for c, picks in chosen.items():
+            failed = next((decoded[c, i] for i in picks if isinstance(decoded[c, i], BadInput)), None)
+            out[c] = failed if failed is not None else np.stack([decoded[c, i] for i in picks])
+        return out
+
+    def _decode_one(self, image: Image.Image) -> np.ndarray | BadInput:
         try:
-            return np.stack(self.sampler.sample_images(images))
+            return self.sampler.as_trained(image)
         except OSError as e:  # truncated or corrupt image data, found when a chosen frame is decoded
-            raise BadInput(f"a frame could not be decoded: {e}") from None
+            return BadInput(f"a frame could not be decoded: {e}")
 
     def encode(self, clips: list[np.ndarray], timing: list[dict] | None = None) -> dict:
         """Prepared clips -> the model batch. `timing`: per clip `start_ms`/`end_ms` of its frames when known;

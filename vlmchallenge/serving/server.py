@@ -41,13 +41,20 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
     export_dir = Path(cfg.export_dir)
     read_export_meta(export_dir)  # a clear error now, not in every worker later
     limits = ServeLimits(**cfg.limits)
+    decode_threads = cfg.get("decode_threads")
     apis = [
         ClipClassifierAPI(
-            str(export_dir), cfg.device, limits, cfg.api_key, cfg.max_batch_size, cfg.batch_timeout
+            str(export_dir),
+            cfg.device,
+            limits,
+            cfg.api_key,
+            cfg.max_batch_size,
+            cfg.batch_timeout,
+            decode_threads,
         )
     ]
     if cfg.openai:
-        apis.append(ChatClassifierAPI(str(export_dir), cfg.device, limits, cfg.api_key))
+        apis.append(ChatClassifierAPI(str(export_dir), cfg.device, limits, cfg.api_key, decode_threads))
     if cfg.get("annotate", True):
         apis.append(
             RecordingAnnotatorAPI(str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size)
