@@ -127,14 +127,17 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
 
 
 @pytest.mark.drill
-def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_path, drill):
+@pytest.mark.parametrize("sample_start", [False, True], ids=["mid_sample", "sample_start"])
+def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_path, drill, sample_start):
     """A header bit flipped in a test shard (same size, so `prepare`'s marker check passes it): evaluation stops
     with an `InputError` naming the shard and how to rebuild it, and writes no report. The entry points print an
-    `InputError` as its message alone, exit status 1 (the CLI drill in tests/test_model_availability.py)."""
+    `InputError` as its message alone, exit status 1 (the CLI drill in tests/test_model_availability.py).
+    Flipped in a sample's first member, every sample read is whole and the shard just ends early: only the
+    count against the index's `nsamples` finds it."""
     shards = tmp_path / "shards"
     shutil.copytree(two_class_run.objects.components.datamodule.out_dir, shards)
     victim = sorted((shards / "test").glob("*.tar"))[0]
-    flip_header_bit(victim)
+    flip_header_bit(victim, sample_start)
     out = tmp_path / "eval"
     cfg = evaluate_cfg(
         two_class_run, out, f"export_dir={two_class_run.objects.export_dir}", f"data.shards.out_dir={shards}"
@@ -143,9 +146,12 @@ def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_p
         evaluate(cfg)
     assert f"{victim}: unreadable evaluation shard" in str(err.value)
     assert "python -m vlmchallenge.prepare" in str(err.value)
+    if sample_start:
+        assert "samples readable, its index lists" in str(err.value)
     assert not list(out.rglob("report.json"))
+    where = "in a sample's first member" if sample_start else "mid-sample"
     drill.record(
-        fault="a header bit flipped in a test shard, then evaluation",
+        fault=f"a header bit flipped in a test shard ({where}), then evaluation",
         injected=1,
         lost=0,  # nothing is scored on partial data: no report is written
         unit="reports on partial data",

@@ -315,7 +315,11 @@ def test_a_bad_request_in_a_batch_gets_its_own_422_and_the_others_their_answers(
     assert time.perf_counter() - start < 1.0 + 5, "the four requests did not share one batch"
     codes = [r.status_code for r in answers]
     assert codes == [200, 422, 422, 200], [r.text for r in answers]
-    assert answers[1].json()["detail"].startswith("request: a frame could not be decoded: image file is truncated")
+    assert (
+        answers[1]
+        .json()["detail"]
+        .startswith("request: a frame could not be decoded: image file is truncated")
+    )
     assert answers[2].json()["detail"].startswith("clips[1].frames[0]: invalid base64")
     for r, case in ((answers[0], clips[0]), (answers[3], clips[-1])):
         assert r.json()["prediction"]["label"] == case.label

@@ -28,9 +28,16 @@ def truncate(shard: Path) -> int:
     return cut
 
 
-def flip_header_bit(shard: Path) -> int:
-    """Flip one bit in the name field of a member header in the middle (its checksum then fails)."""
-    middle = members(shard)[len(members(shard)) // 2]
+def flip_header_bit(shard: Path, sample_start: bool = False) -> int:
+    """Flip one bit in the name field of a member header in the middle (its checksum then fails). With
+    `sample_start`, in the first member of the middle sample: the samples before it are whole and the tar
+    stream ends there quietly, so only counting the samples against the index finds the loss."""
+    shard_members = members(shard)
+    k = len(shard_members) // 2
+    if sample_start:
+        while k > 0 and shard_members[k - 1].name.split(".")[0] == shard_members[k].name.split(".")[0]:
+            k -= 1
+    middle = shard_members[k]
     data = bytearray(shard.read_bytes())
     data[middle.offset + 3] ^= 0x04
     shard.write_bytes(bytes(data))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import webdataset as wds
 
@@ -46,6 +46,30 @@ def is_whole(sample: dict) -> bool:
     return sum(k.endswith(".jpg") for k in sample) == frames
 
 
+def read_counted(
+    src: Iterator[dict],
+    expected: dict[str, int],
+    handler: Callable[[BaseException], bool],
+    on_partial: Callable[[str, dict], None],
+    on_miscount: Callable[[str, int, int], None],
+) -> Iterator[dict]:
+    """The whole samples of each shard in `src`, read one shard at a time with webdataset's `tarfile_samples`.
+    An incomplete sample goes to `on_partial(url, sample)` instead; a shard that delivered another number of
+    whole samples than its index lists, to `on_miscount(url, delivered, listed)` once it ends (a flipped header
+    bit ends a tar stream quietly, see `SkipCounter`). Training counts what these cost, evaluation stops."""
+    for shard in src:
+        url, delivered = shard["url"], 0
+        for sample in wds.tarfile_samples([{"url": url}], handler=handler):
+            if not is_whole(sample):
+                on_partial(url, sample)
+                continue
+            delivered += 1
+            yield sample
+        listed = expected.get(url, delivered)
+        if delivered != listed:
+            on_miscount(url, delivered, listed)
+
+
 class SkipCounter:
     """Warns about and counts what unreadable shards cost, in samples, for one DataLoader worker's pass.
 
@@ -72,19 +96,16 @@ class SkipCounter:
         return True
 
     def read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
-        for shard in src:
-            url, delivered = shard["url"], 0
-            for sample in wds.tarfile_samples([{"url": url}], handler=self.read_handler):
-                if is_whole(sample):
-                    delivered += 1
-                    self.pending_read += 1
-                    yield sample
-            lost = self.expected.get(url, delivered) - delivered
-            if lost > 0:
-                log.warning(
-                    "%s: %d of its %d training samples unreadable, skipped", url, lost, self.expected[url]
-                )
-                self.pending += lost
+        for sample in read_counted(
+            src, self.expected, self.read_handler, lambda url, s: None, self.count_lost
+        ):
+            self.pending_read += 1
+            yield sample
+
+    def count_lost(self, url: str, delivered: int, listed: int) -> None:
+        if (lost := listed - delivered) > 0:  # a partial sample is not delivered, so it is counted here
+            log.warning("%s: %d of its %d training samples unreadable, skipped", url, lost, listed)
+            self.pending += lost
 
     def take(self) -> tuple[int, int]:
         """(skipped, read) since the last call."""
@@ -123,15 +144,13 @@ class FailOnBadShard:
         self.fail(where, f"{type(exn).__name__}: {first}", exn)
 
     def read_shards(self, src: Iterator[dict]) -> Iterator[dict]:
-        for shard in src:
-            url, delivered = shard["url"], 0
-            for sample in wds.tarfile_samples([{"url": url}], handler=self):
-                if not is_whole(sample):
-                    self.fail(url, f"sample {sample.get('__key__')} is incomplete")
-                delivered += 1
-                yield sample
-            if delivered != self.expected.get(url, delivered):
-                self.fail(url, f"{delivered} samples readable, its index lists {self.expected[url]}")
+        return read_counted(src, self.expected, self, self.incomplete, self.miscounted)
+
+    def incomplete(self, url: str, sample: dict) -> None:
+        self.fail(url, f"sample {sample.get('__key__')} is incomplete")
+
+    def miscounted(self, url: str, delivered: int, listed: int) -> None:
+        self.fail(url, f"{delivered} samples readable, its index lists {listed}")
 
 
 class TooManySkippedSamples(InputError, RuntimeError):
