@@ -74,6 +74,6 @@ def test_cache_decodes_a_shared_frame_once_and_uses_draft(tmp_path):
 def test_serving_path_uses_the_same_rule():
     s = FrameSampler(SamplerConfig(num_frames=4, max_pixels=56 * 56, crop_top=0.0))
     frames = [Image.new("RGB", (100, 100), (i, i, i)) for i in range(10)]
-    out = s.sample_images(frames)
+    out = [s.as_trained(frames[i]) for i in s.select_evenly(len(frames))]  # what serving does per clip
     assert [int(im[0, 0, 0]) for im in out] == [1, 4, 6, 9]
     assert all(im.shape == (56, 56, 3) for im in out)

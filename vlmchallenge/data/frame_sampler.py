@@ -144,10 +144,6 @@ class FrameSampler:
         with Image.open(io.BytesIO(self.encode(self.process(image, source_size)))) as stored:
             return np.asarray(stored.convert("RGB"))
 
-    def sample_images(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """Serving path: choose frames evenly from an untimed list, each as training saw it (uint8 (H, W, 3))."""
-        return [self.as_trained(images[i]) for i in self.select_evenly(len(images))]
-
 
 class SessionFrameCache:
     """Processed + encoded frames of one session, so a frame shared by overlapping clips is decoded once.
