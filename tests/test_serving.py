@@ -381,8 +381,7 @@ def live_server(export_dir, tmp_path_factory):
     try:
         yield base
     finally:
-        # the main process only, as `docker stop` does (a SIGTERM to the whole group also hits LitServe's
-        # multiprocessing manager, whose early exit makes LitServe's monitor thread log a traceback)
+        # the main process only, as `docker stop` does (a signal to the whole group: test_serving_faults.py)
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
         with contextlib.suppress(ProcessLookupError):  # a graceful shutdown leaves nothing over

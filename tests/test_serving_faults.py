@@ -8,6 +8,7 @@ Plus, in-process: decompression bombs and huge dimensions rejected from the head
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -165,18 +166,19 @@ def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, 
     )
 
 
-@pytest.mark.drill
-def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_port(server, drill):
+def stop_with_requests_in_flight(server: Server, stop, drill, fault: str) -> None:
+    """`stop()` sends the signal while MAX_QUEUE heavy requests are in the server: every one must be answered
+    200, the main process exit 0, every child process end, and the port be free at once."""
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert len(children) >= 3  # the manager, the API (uvicorn) process, one inference worker per API
     with ThreadPoolExecutor(MAX_QUEUE) as pool:
         in_flight = fill_the_queue(server.base, pool)
-        os.kill(server.proc.pid, signal.SIGTERM)  # the main process only, as `docker stop` does
-        unanswered_at_sigterm = sum(not f.done() for f in in_flight)
+        stop()
+        unanswered_at_signal = sum(not f.done() for f in in_flight)
         codes = [f.result(timeout=300)[0] for f in in_flight]
-    assert unanswered_at_sigterm >= 1  # the drill did catch requests in flight
+    assert unanswered_at_signal >= 1  # the drill did catch requests in flight
     assert codes == [200] * MAX_QUEUE, codes
-    assert server.proc.wait(timeout=90) == 0, "the main process did not exit cleanly on SIGTERM"
+    assert server.proc.wait(timeout=90) == 0, "the main process did not exit cleanly"
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.info for p in alive]
     # the port is free: it binds right away, as the next server's uvicorn would (SO_REUSEADDR, then listen)
@@ -184,13 +186,43 @@ def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_po
         rebind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         rebind.bind(("127.0.0.1", server.port))
         rebind.listen()
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
     drill.record(
-        fault=f"SIGTERM with {unanswered_at_sigterm} requests in flight",
+        fault=f"{fault} with {unanswered_at_signal} requests in flight",
         injected=1,
         lost=sum(c != 200 for c in codes),
         unit="requests",
-        check="every in-flight request answered 200; all child processes exited; port rebound",
+        check="every in-flight request answered 200; all child processes exited; port rebound; no traceback",
     )
+
+
+@pytest.mark.drill
+def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_port(server, drill):
+    stop = lambda: os.kill(server.proc.pid, signal.SIGTERM)  # noqa: E731 (the main process only, as docker stop)
+    stop_with_requests_in_flight(server, stop, drill, "SIGTERM to the main process")
+
+
+@pytest.mark.drill
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(export_dir, tmp_path, drill, signum):
+    """Ctrl+C in a terminal (SIGINT) and systemd's default `KillMode=control-group` (SIGTERM) signal every
+    process of the server at once. The inference workers and the manager used to end at once: both in-flight
+    requests were lost (a 500 and a reset connection), the API process was killed after its 30 s grace, and
+    LitServe's monitor logged a traceback (docs/serving.md §2)."""
+    port = free_port()
+    proc, base = launch(export_dir, tmp_path / "server.log", port, f"max_queue={MAX_QUEUE}", "timeout=300")
+    server = Server(proc, base, port, tmp_path / "server.log")
+    try:
+        stop_with_requests_in_flight(
+            server,
+            lambda: os.killpg(proc.pid, signum),
+            drill,
+            f"{signal.Signals(signum).name} to the process group",
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def png_header(width: int, height: int) -> bytes:

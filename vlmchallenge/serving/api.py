@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlmchallenge.serving.inference import BadInput, VLMInference, decode_image, decode_video
+from vlmchallenge.serving.shutdown import leave_stop_signals_to_main
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class ExportBackedAPI:
 
     def setup(self, device) -> None:
         """LitServe calls this once per worker, with the device it assigned to that worker."""
+        if getattr(self, "api_done", None) is not None:  # set by build_server
+            leave_stop_signals_to_main(self.api_done)
         chosen = self.device_name if self.device_name != "auto" else device
         self.engine = VLMInference(
             self.export_dir, device=None if chosen == "auto" else chosen, decode_threads=self.decode_threads

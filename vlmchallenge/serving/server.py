@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import litserve as ls
@@ -14,7 +15,7 @@ from vlmchallenge.serving.annotate_api import RecordingAnnotatorAPI
 from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, ServeLimits
 from vlmchallenge.serving.errors import use_one_error_shape
 from vlmchallenge.serving.openapi import tell_the_truth
-from vlmchallenge.serving.shutdown import sigterm_as_keyboard_interrupt
+from vlmchallenge.serving.shutdown import ApiServerDone, api_done_event, sigterm_as_keyboard_interrupt
 
 
 def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
@@ -37,7 +38,9 @@ def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
     }
 
 
-def build_server(cfg: DictConfig) -> ls.LitServer:
+def build_server(cfg: DictConfig, api_done: Event | None = None) -> ls.LitServer:
+    """`api_done`: set when the API process has answered its last request (serving/shutdown.py)."""
+    api_done = api_done or api_done_event()
     export_dir = Path(cfg.export_dir)
     read_export_meta(export_dir)  # a clear error now, not in every worker later
     limits = ServeLimits(**cfg.limits)
@@ -59,6 +62,8 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
         apis.append(
             RecordingAnnotatorAPI(str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size)
         )
+    for api in apis:
+        api.api_done = api_done
     accelerator = "cpu" if cfg.device == "cpu" else "auto"
     server = ls.LitServer(
         apis,
@@ -68,6 +73,7 @@ def build_server(cfg: DictConfig) -> ls.LitServer:
         timeout=cfg.timeout,
         max_payload_size=int(cfg.max_payload_mb * 1024 * 1024),
         model_metadata=model_metadata(export_dir, limits),
+        callbacks=[ApiServerDone(api_done)],
         middlewares=[
             (
                 AdmissionControl,
@@ -92,9 +98,11 @@ def package_version() -> str:
 
 
 def run_server(cfg: DictConfig) -> None:
-    """Serve until Ctrl+C or SIGTERM; either way in-flight requests are answered and every process exits."""
-    server = build_server(cfg)
-    with sigterm_as_keyboard_interrupt():
+    """Serve until Ctrl+C or SIGTERM, to the main process or its whole group; either way in-flight requests are
+    answered and every process exits."""
+    api_done = api_done_event()
+    server = build_server(cfg, api_done)
+    with sigterm_as_keyboard_interrupt(api_done):
         server.run(
             host=cfg.host, port=cfg.port, generate_client_file=False, num_api_servers=1, log_level="warning"
         )
