@@ -30,9 +30,18 @@ def run(tmp_path, shared_data_dir, name, *overrides):
     return cfg, objects.metrics, objects
 
 
-def test_train_validate_test_export(tmp_path, shared_data_dir):
-    cfg, metrics, objects = run(tmp_path, shared_data_dir, "run")
-    out = tmp_path / "train" / "runs" / "run"
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, shared_data_dir):
+    """One run of the default tiny config (tested and exported): (cfg, metrics, objects, its run folder)."""
+    root = tmp_path_factory.mktemp("default_run")
+    try:
+        return (*run(root, shared_data_dir, "run"), root / "train" / "runs" / "run")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_train_validate_test_export(default_run):
+    cfg, metrics, objects, out = default_run
     assert {"val/f1_macro", "val/acc", "test/f1_macro", "test/acc", "train/loss"} <= set(metrics)
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert (out / "csv" / "metrics.csv").exists()
@@ -142,8 +151,9 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, shared_data
         assert [g["lr"] for g in a.param_groups] == [g["lr"] for g in b.param_groups]
 
 
-def test_same_seed_same_metrics(tmp_path, shared_data_dir):
-    _, m1, _ = run(tmp_path, shared_data_dir, "s1", "export=false")
+def test_same_seed_same_metrics(tmp_path, shared_data_dir, default_run):
+    """A second run with the same seed (and no export, which comes after the test stage) gives the same metrics."""
+    m1 = default_run[1]
     _, m2, _ = run(tmp_path, shared_data_dir, "s2", "export=false")
     for key in ("train/loss", "val/loss", "val/f1_macro", "test/loss"):
         assert m1[key] == pytest.approx(m2[key], abs=1e-6), key
