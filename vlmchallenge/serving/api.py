@@ -11,6 +11,7 @@ import binascii
 import hmac
 import logging
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 from typing import Annotated
 
 import litserve as ls
@@ -109,6 +110,8 @@ class ExportBackedAPI:
     device_name: str
     limits: ServeLimits
     api_key: str | None
+    # set by build_server: once the API process has answered its last request (serving/shutdown.py)
+    api_done: Event | None = None
 
     def serve_export(
         self,
@@ -125,7 +128,7 @@ class ExportBackedAPI:
 
     def setup(self, device) -> None:
         """LitServe calls this once per worker, with the device it assigned to that worker."""
-        if getattr(self, "api_done", None) is not None:  # set by build_server
+        if self.api_done is not None:
             leave_stop_signals_to_main(self.api_done)
         chosen = self.device_name if self.device_name != "auto" else device
         self.engine = VLMInference(
