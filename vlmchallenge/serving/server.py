@@ -44,7 +44,7 @@ def build_server(cfg: DictConfig, api_done: Event | None = None) -> ls.LitServer
     export_dir = Path(cfg.export_dir)
     read_export_meta(export_dir)  # a clear error now, not in every worker later
     limits = ServeLimits(**cfg.limits)
-    decode_threads = cfg.get("decode_threads")
+    decode_threads = cfg.decode_threads
     apis = [
         ClipClassifierAPI(
             str(export_dir),
