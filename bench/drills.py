@@ -3,10 +3,10 @@
     .venv/bin/python bench/drills.py [--write] [-- <extra pytest args>]
 
 Each drill is a test marked `drill` that injects a real fault (SIGKILL, a damaged shard, SIGTERM under load,
-an unreachable model hub...), checks that nothing was lost, and records what it did through the `drill`
-fixture (tests/helpers/drills.py). This script runs them in one pytest process with a report file set, reads the
+an unreachable model hub...), measures what was lost against a reference, records it through the `drill`
+fixture before asserting (tests/helpers/drills.py). This script runs them in one pytest process with a report file set, reads the
 outcome of each test from pytest's JUnit XML (survived = the test passed) and joins the two. A drill that failed
-before recording still gets a row, marked not survived. `--write` rewrites the table section of
+before recording still gets a row, marked not survived; a skipped one (e.g. a GPU drill here) a row marked skipped. `--write` rewrites the table section of
 docs/reliability.md.
 """
 
@@ -64,8 +64,9 @@ def run_drills(extra: list[str]) -> tuple[list[dict], dict[str, str], float, int
 
 def table(records: list[dict], outcomes: dict[str, str]) -> list[str]:
     rows = [
-        "| fault injected | times | survived | data lost | how it was checked | reproduce |",
-        "|---|---|---|---|---|---|",
+        "| fault injected | times | survived | lost without notice | dropped with notice | how loss was measured "
+        "| reproduce |",
+        "|---|---|---|---|---|---|---|",
     ]
     recorded = set()
     for r in records:
@@ -73,13 +74,17 @@ def table(records: list[dict], outcomes: dict[str, str]) -> list[str]:
         survived = "yes" if outcomes.get(r["test"]) == "passed" else "**no**"
         lost = f"{r['lost']} {r['unit']}" if r["lost"] == 0 else f"**{r['lost']} {r['unit']}**"
         rows.append(
-            f"| {r['fault']} | {r['injected']} | {survived} | {lost} | {r['check']} | "
+            f"| {r['fault']} | {r['injected']} | {survived} | {lost} | {r.get('noticed') or '-'} | {r['check']} | "
             f"`pytest '{r['test']}'` |"
         )
     for test, outcome in sorted(outcomes.items()):
-        if test not in recorded and outcome != "skipped":
+        if test in recorded:
+            continue
+        if outcome == "skipped":
+            rows.append(f"| {test.split('::')[-1]} | 0 | skipped | not measured | | | `pytest '{test}'` |")
+        else:
             rows.append(
-                f"| {test.split('::')[-1]} (failed before recording) | ? | **no** | ? | | `pytest '{test}'` |"
+                f"| {test.split('::')[-1]} (failed before recording) | ? | **no** | ? | | | `pytest '{test}'` |"
             )
     return rows
 

@@ -144,16 +144,16 @@ def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_p
     )
     with pytest.raises(InputError) as err:
         evaluate(cfg)
+    where = "in a sample's first member" if sample_start else "mid-sample"
+    drill.record(
+        fault=f"a header bit flipped in a test shard ({where}), then evaluation",
+        injected=1,
+        lost=len(list(out.rglob("report.json"))),  # a report here would score partial data as if whole
+        unit="reports on partial data",
+        check="report files written; it must stop with the shard's path and the remedy (an InputError)",
+    )
     assert f"{victim}: unreadable evaluation shard" in str(err.value)
     assert "python -m vlmchallenge.prepare" in str(err.value)
     if sample_start:
         assert "samples readable, its index lists" in str(err.value)
     assert not list(out.rglob("report.json"))
-    where = "in a sample's first member" if sample_start else "mid-sample"
-    drill.record(
-        fault=f"a header bit flipped in a test shard ({where}), then evaluation",
-        injected=1,
-        lost=0,  # nothing is scored on partial data: no report is written
-        unit="reports on partial data",
-        check="stops with the shard's path and the remedy (an InputError: printed without traceback), no report",
-    )

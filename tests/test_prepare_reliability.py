@@ -4,12 +4,10 @@ to the same bytes, `verify` names damaged shards, and sessions that yield nothin
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +47,15 @@ def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, d
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
     again = prepare(data_cfg)
+    after = tree_bytes(first.out_dir)
+    drill.record(
+        fault=f"a finished shard {'deleted' if damage == 'delete' else 'truncated to half'}, then prepare rerun",
+        injected=1,
+        lost=sum(after.get(name) != data for name, data in reference.items())
+        + len(set(after) - set(reference)),
+        unit="files",
+        check="files of the shard folder missing, different or extra against the first run's",
+    )
     states = {r.key: r.record["resumed"] for r in again.sessions}
     assert states == {"U9001-S0100": "redone", "U9002-S0100": "complete", "U9003-S0100": "complete"}
     redone = summary_dict(again)["sessions"]["U9001-S0100"]
@@ -58,15 +65,7 @@ def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, d
     # shard 0 was intact and reused; shards 1.. were rewritten
     rewritten = sum(e["nsamples"] for e in again.sessions[0].record["shards"][1:])
     assert again.totals["clips_written"] == rewritten > 0
-    after = tree_bytes(first.out_dir)
     assert after == reference
-    drill.record(
-        fault=f"a finished shard {'deleted' if damage == 'delete' else 'truncated to half'}, then prepare rerun",
-        injected=1,
-        lost=sum(after.get(name) != data for name, data in reference.items()),
-        unit="files",
-        check="the session is redone; the shard folder is byte-identical to the first run",
-    )
 
 
 # ---------------------------------------------------------------- verify
@@ -87,10 +86,19 @@ def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill
 
     bad = verify_shards(out)
     problems = {p.path.name: p.problem for p in bad.problems}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    named_by_cli = [name for name in (truncated, flipped) if f"BAD {name}:" in run.stdout]
+    drill.record(
+        fault="one shard truncated by 700 bytes, one bit flipped in another (same size), then `verify`",
+        injected=2,
+        lost=max(len({truncated.name, flipped.name} - set(problems)), 2 - len(named_by_cli)),
+        unit="damaged shards missed",
+        check="damaged shards that `verify_shards` or the `verify` command did not name; "
+        "after the remedy (delete, prepare) verify passes",
+    )
     assert set(problems) == {truncated.name, flipped.name}
     assert problems[truncated.name].startswith("truncated:")
     assert problems[flipped.name].startswith("sha256 mismatch")
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-2000:]
     assert f"BAD {truncated}: truncated" in run.stdout and f"BAD {flipped}: sha256 mismatch" in run.stdout
     assert "2 bad of" in run.stdout and "rerun `python -m vlmchallenge.prepare`" in run.stdout
@@ -102,13 +110,6 @@ def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill
     console = Console(record=True, width=400)
     print_verify(again, console)
     assert again.ok and f"OK: {clean.checked} shards" in console.export_text()
-    drill.record(
-        fault="one shard truncated by 700 bytes, one bit flipped in another (same size), then `verify`",
-        injected=2,
-        lost=0,  # both named (exit 1); after the remedy (delete, rerun prepare) verify passes
-        unit="damaged shards missed",
-        check="`verify` names both with the reason and exits 1; after delete + prepare it passes",
-    )
 
 
 # ---------------------------------------------------------------- sessions that yield 0 clips say why
@@ -177,46 +178,48 @@ def test_prepare_killed_at_three_points_resumes_byte_identical(tmp_path, drill):
         return dataclasses.replace(data, shards=dataclasses.replace(data.shards, out_dir=str(out)))
 
     reference = prepare(settings(tmp_path / "reference"), data_dir)  # also generates the shared raw tree
+    expected = tree_bytes(reference.out_dir)
     total = _shard_count(reference.out_dir)
     assert total >= 6
-    # kill once this many final shards exist; the last point leaves the last shard, the marker, the indexes
-    # and the manifest (a kill can land just after the last shard's rename: then only those)
-    kill_after = {"first": 1, "middle": total // 2, "last": total - 1}
+    # each run kills itself right after publishing this many shards (tests/helpers/prepare_killed.py); the last
+    # point has every shard on disk, but not the last session's marker, the indexes or the manifest
+    kill_after = {"first": 1, "middle": total // 2, "last": total}
 
     # the three runs in parallel: each CLI start imports torch (seconds), and they share no output
     runs = {}
-    for name in kill_after:
+    for name, after in kill_after.items():
         out = tmp_path / f"killed-{name}"
-        cmd = [sys.executable, "-m", "vlmchallenge.prepare", *DRILL, f"paths.data_dir={data_dir}"]
-        cmd += [f"data.shards.out_dir={out}", f"paths.log_dir={tmp_path}/logs-{name}"]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
-        runs[name] = (proc, out)
-    seen = {}
-    deadline = time.monotonic() + 240
-    while len(seen) < len(runs) and time.monotonic() < deadline:
-        for name, (proc, out) in runs.items():
-            if name not in seen and out.is_dir() and _shard_count(out) >= kill_after[name]:
-                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: nothing of it keeps writing
-                proc.wait()
-                seen[name] = _shard_count(out)
-        time.sleep(0.002)
-    for proc, _ in runs.values():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        cmd = [sys.executable, "-m", "tests.helpers.prepare_killed", str(after), *DRILL]
+        cmd += [
+            f"paths.data_dir={data_dir}",
+            f"data.shards.out_dir={out}",
+            f"paths.log_dir={tmp_path}/logs-{name}",
+        ]
+        runs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out)
+    killed, lost, reused = {}, {}, {}
     for name, (proc, out) in runs.items():
-        assert proc.returncode == -signal.SIGKILL, (
-            f"{name}: not killed ({proc.returncode}) {proc.stderr.read()}"
-        )
-        assert not (out / "manifest.json").exists()  # it died before the end
+        log = proc.communicate(timeout=600)[0]
+        killed[name] = (proc.returncode, _shard_count(out), (out / "manifest.json").exists(), log[-2000:])
         resumed = prepare(settings(out), data_dir)
-        assert resumed.totals["clips_written"] < reference.totals["clips_written"]  # finished work reused
-        assert tree_bytes(out) == tree_bytes(reference.out_dir), name
+        reused[name] = reference.totals["clips_written"] - resumed.totals["clips_written"]
+        after = tree_bytes(out)
+        lost[name] = sum(after.get(path) != data for path, data in expected.items()) + len(
+            set(after) - set(expected)
+        )
     drill.record(
-        fault=f"SIGKILL of `python -m vlmchallenge.prepare` after {sorted(seen.values())} of {total} shards",
-        injected=len(seen),
-        lost=0,  # each rerun's folder is byte-identical to the uninterrupted run's, checked above
+        fault=f"SIGKILL of `python -m vlmchallenge.prepare` from inside, right after shard {list(kill_after.values())} "
+        f"of {total} was published",
+        injected=sum(rc == -signal.SIGKILL for rc, *_ in killed.values()),
+        lost=sum(lost.values()),
         unit="files",
-        check="the rerun's shard folder is byte-identical to an uninterrupted run's",
+        check="files of the resumed folder missing, different or extra against an uninterrupted run's",
     )
+    for name, (rc, shards, manifest, log) in killed.items():
+        assert rc == -signal.SIGKILL and f"fault: SIGKILL after shard {kill_after[name]} " in log, (
+            name,
+            rc,
+            log,
+        )
+        assert shards == kill_after[name] and not manifest, name  # it died where it was told to
+        assert reused[name] > 0, name  # finished work was kept, not redone
+    assert lost == dict.fromkeys(kill_after, 0)

@@ -136,6 +136,22 @@ def as_numbers(rows: list[dict]) -> list[dict]:
     return [{k: float(v) for k, v in r.items()} for r in rows]
 
 
+def measured_loss(whole_folder: Path, resumed_folder: Path) -> tuple[int, float]:
+    """(optimizer steps the resumed run lacks against the uninterrupted one, largest trainable-weight gap),
+    measured before any assertion; a resumed run with no checkpoint lacks every step."""
+    whole = load(whole_folder / "checkpoints" / "last.ckpt")
+    resumed_path = resumed_folder / "checkpoints" / "last.ckpt"
+    if not resumed_path.exists():
+        return whole["global_step"], float("inf")
+    resumed = load(resumed_path)
+    gap = (
+        weight_gap(whole, resumed)
+        if whole["state_dict"].keys() == resumed["state_dict"].keys()
+        else float("inf")
+    )
+    return whole["global_step"] - resumed["global_step"], gap
+
+
 def assert_resumed_like_whole(whole_folder: Path, resumed_folder: Path, from_step: int) -> float:
     """The resumed run ends at the uninterrupted run's step and weights, and logs the same rows (validation of
     each later epoch, the test of the best checkpoint). Returns the largest weight difference."""
@@ -156,28 +172,36 @@ def assert_resumed_like_whole(whole_folder: Path, resumed_folder: Path, from_ste
 def test_sigkill_mid_epoch_resumes_from_the_epoch_checkpoint_to_the_same_result(crash_runs, drill):
     killed, resumed, folders, _ = crash_runs
     folder = folders["mid_epoch"]
+    lost, gap = measured_loss(killed["whole"].folder, resumed["mid_epoch"].resumed_folder)
+    drill.record(
+        fault=f"SIGKILL of train at global step {KILL_STEP} (mid-epoch 1 of {EPOCHS})",
+        injected=int(killed["mid_epoch"].returncode == -signal.SIGKILL),
+        lost=lost,
+        unit="optimizer steps",
+        check=f"steps the resumed run lacks against an uninterrupted run; trainable weights within {gap:.1e}; "
+        "val/test rows of metrics.csv compared; 2 steps recomputed from last.ckpt (step 4)",
+    )
     assert killed["mid_epoch"].returncode == -signal.SIGKILL, killed["mid_epoch"].output[-3000:]
     assert f"fault: SIGKILL at global step {KILL_STEP}" in killed["mid_epoch"].output
     newest = folder / "checkpoints" / "last.ckpt"
     assert load(newest)["global_step"] == STEPS_PER_EPOCH  # end of epoch 0; steps 5-6 were lost with the kill
     assert f"resuming from {newest}" in resumed["mid_epoch"].output
-    gap = assert_resumed_like_whole(
-        killed["whole"].folder, resumed["mid_epoch"].resumed_folder, STEPS_PER_EPOCH
-    )
-    drill.record(
-        fault=f"SIGKILL of train at global step {KILL_STEP} (mid-epoch 1 of {EPOCHS})",
-        injected=1,
-        lost=0,
-        unit="optimizer steps",
-        check=f"resumed from last.ckpt (step 4): final step {EPOCHS * STEPS_PER_EPOCH}, val/test rows of metrics.csv equal an "
-        f"uninterrupted run's, trainable weights within {gap:.1e}; 2 steps recomputed",
-    )
+    assert_resumed_like_whole(killed["whole"].folder, resumed["mid_epoch"].resumed_folder, STEPS_PER_EPOCH)
 
 
 @pytest.mark.drill
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(crash_runs, drill):
     killed, resumed, folders, tmpdir = crash_runs
     run, checkpoints = killed["in_write"], folders["in_write"] / "checkpoints"
+    lost, gap = measured_loss(killed["whole"].folder, resumed["in_write"].resumed_folder)
+    drill.record(
+        fault="SIGKILL of train half-way through writing last.ckpt (end of epoch 1, step 8)",
+        injected=int(run.returncode == -signal.SIGKILL),
+        lost=lost,
+        unit="optimizer steps",
+        check=f"steps the resumed run lacks against an uninterrupted run; trainable weights within {gap:.1e}; "
+        "previous last.ckpt intact (= epoch_000.ckpt), temp file ignored, epoch 1 recomputed",
+    )
     assert run.returncode == -signal.SIGKILL, run.output[-3000:]
     assert "fault: SIGKILL after" in run.output
     last = checkpoints / "last.ckpt"
@@ -200,18 +224,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(
     assert not list(
         resumed["in_write"].resumed_folder.glob("checkpoints/*.tmp-*")
     )  # its own writes completed
-    gap = assert_resumed_like_whole(
-        killed["whole"].folder, resumed["in_write"].resumed_folder, STEPS_PER_EPOCH
-    )
-    drill.record(
-        fault="SIGKILL of train half-way through writing last.ckpt (end of epoch 1, step 8)",
-        injected=1,
-        lost=0,
-        unit="optimizer steps",
-        check="previous last.ckpt intact (step 4, weights = epoch_000.ckpt); temp file ignored; "
-        f"final step {EPOCHS * STEPS_PER_EPOCH}, "
-        f"val/test rows of metrics.csv equal an uninterrupted run's, weights within {gap:.1e}; epoch 1 recomputed",
-    )
+    assert_resumed_like_whole(killed["whole"].folder, resumed["in_write"].resumed_folder, STEPS_PER_EPOCH)
 
 
 # ---------------------------------------------------------------- find_latest_checkpoint, in-process

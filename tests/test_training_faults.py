@@ -104,15 +104,23 @@ def test_a_training_run_survives_a_bit_flipped_shard_logs_the_skips_and_stops_pa
         cfg = compose_train(run_dir, tmp_path / "data", ["test=false", "export=false", *overrides], tmp_path)
         return cfg, run_dir
 
-    cfg, run_dir = compose("tolerant", "data.max_skipped_fraction=1.0", "trainer.log_every_n_steps=1")
-    shards = sorted((run_prepare(cfg).out_dir / "train").glob("*.tar"))
+    cfg, run_dir = compose(
+        "tolerant",
+        "data.max_skipped_fraction=1.0",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_train_batches=null",
+    )
+    prepared = run_prepare(cfg)
+    shards = sorted((prepared.out_dir / "train").glob("*.tar"))
     flip_header_bit(shards[0])
-    train(cfg)
+    dm = train(cfg).components.datamodule
     with open(next(run_dir.rglob("metrics.csv"))) as f:
         logged = [
             float(r["data/skipped_samples"]) for r in csv.DictReader(f) if r.get("data/skipped_samples")
         ]
-    assert logged and max(logged) > 0, "the skipped samples reach the logger"
+    listed = prepared.manifest["splits"]["train"]["nsamples"]
+    # one whole epoch: every listed sample was either read, or skipped and counted; the rest went unnoticed
+    unnoticed = listed - dm.read_samples - dm.skipped_samples
 
     cfg, _ = compose("strict")  # the default threshold, 0.01 of an epoch's samples
     with pytest.raises(TooManySkippedSamples, match=r"data.max_skipped_fraction=0.01;.*vlmchallenge.prepare"):
@@ -121,7 +129,11 @@ def test_a_training_run_survives_a_bit_flipped_shard_logs_the_skips_and_stops_pa
     drill.record(
         fault="a header bit flipped in a train shard (same size: prepare's marker check trusts it)",
         injected=2,
-        lost=0,  # every whole sample of the shard before the damage is read (counted exactly above)
-        unit="samples",
-        check=f"run 1 finishes, logging data/skipped_samples={int(max(logged))}; run 2 stops past the threshold",
+        lost=unnoticed,
+        unit="samples lost without notice",
+        noticed=f"{dm.skipped_samples} of {listed} samples skipped and counted",
+        check=f"run 1 reads a whole epoch: samples listed - read ({dm.read_samples}) - skipped; it logs "
+        f"data/skipped_samples={int(max(logged))}; run 2 stops past the threshold",
     )
+    assert logged and max(logged) == dm.skipped_samples > 0, "the skipped samples reach the logger"
+    assert unnoticed == 0

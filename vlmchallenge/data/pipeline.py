@@ -33,6 +33,7 @@ from vlmchallenge.data.shard_writer import (
 )
 from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.synthetic import generate as generate_synthetic
+from vlmchallenge.utils.atomic import build_lock
 
 MANIFEST_NAME = "manifest.json"
 GROUND_TRUTH_SUFFIX = ".operations-1hz.csv"  # <split>/<USER>-<SESSION>.operations-1hz.csv
@@ -305,6 +306,19 @@ def prepare(
             "clear it once before starting the jobs instead"
         )
     out_dir = cfg.resolved_out_dir(data_dir)
+    if cfg.is_subset:  # the jobs of one plan write disjoint sessions into one folder at once, by design
+        return _build_shards(cfg, out_dir, data_dir, progress, t0)
+    with build_lock(out_dir):  # two runs on one data folder: the second reuses what the first wrote
+        return _build_shards(cfg, out_dir, data_dir, progress, t0)
+
+
+def _build_shards(
+    cfg: DataConfig,
+    out_dir: Path,
+    data_dir: str | Path,
+    progress: Callable[[SessionResult, int], None] | None,
+    t0: float,
+) -> PrepareResult:
     config_fp = cfg.fingerprint()
     finished = (out_dir / MANIFEST_NAME).is_file() and not cfg.shards.overwrite
     if finished and not cfg.is_subset and not Path(cfg.root).exists():

@@ -27,7 +27,7 @@ import numpy as np
 from vlmchallenge.data.classes import ID_TO_CLASS
 from vlmchallenge.data.jst_time import JST, unix_ms_to_frame_relpath, unix_ms_to_iso
 from vlmchallenge.data.synthetic_scene import SceneRenderer
-from vlmchallenge.utils.atomic import atomic_directory
+from vlmchallenge.utils.atomic import atomic_directory, build_lock
 
 # Real per-class mean segment durations in seconds (U0209-S0500, docs/openpack.md §3.1).
 MEAN_DURATION_S = {
@@ -215,19 +215,38 @@ def generate_session(cfg: SyntheticConfig, root: Path, user_idx: int, session_id
 
 def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite: bool = False) -> Path:
     """Generate the dataset into `root` (atomically). Reuses an existing one made with the same config and
-    regenerates one made with another config (it is ours and reproducible); never touches other folders."""
+    regenerates one made with another config (it is ours and reproducible); never touches other folders.
+    Processes that generate the same `root` at once take turns (`build_lock`): the later ones reuse it."""
     cfg.validate()
     root = Path(root)
-    spec = json.dumps({**asdict(cfg), "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    spec = _spec(cfg)
+    with build_lock(root):
+        if not _reusable(root, spec, overwrite):
+            generate_into(cfg, root, workers)
+    return root
+
+
+def _spec(cfg: SyntheticConfig) -> str:
+    return json.dumps({**asdict(cfg), "generator_version": GENERATOR_VERSION}, sort_keys=True)
+
+
+def _reusable(root: Path, spec: str, overwrite: bool) -> bool:
     marker = root / MARKER
     if marker.exists() and not overwrite:
         if json.loads(marker.read_text())["config"] == json.loads(spec):
-            return root
+            return True
         log.warning("%s was generated with other synthetic settings; regenerating it", root)
     elif root.exists() and any(root.iterdir()) and not overwrite:
         raise ValueError(
             f"{root} exists and is not a synthetic dataset made by vlmchallenge; refusing to overwrite"
         )
+    return False
+
+
+def generate_into(cfg: SyntheticConfig, root: Path, workers: int = 2) -> None:
+    """Generate the dataset into `root`, replacing what is there; `generate` is the entry point that takes the
+    build lock and reuses a finished tree."""
+    spec = _spec(cfg)
     jobs = [(u, s) for u in range(len(cfg.users)) for s in range(len(cfg.sessions))]
     with atomic_directory(root) as tmp:
         if workers > 1:
@@ -238,7 +257,6 @@ def generate(cfg: SyntheticConfig, root: str | Path, workers: int = 2, overwrite
         else:
             counts = [generate_session(cfg, tmp, u, s) for u, s in jobs]
         (tmp / MARKER).write_text(json.dumps({"config": json.loads(spec), "frames": sum(counts)}, indent=1))
-    return root
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
-from vlmchallenge.utils.atomic import atomic_directory
+from vlmchallenge.utils.atomic import atomic_directory, build_lock
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -177,8 +177,10 @@ def build_tiny_qwen2vl(spec: TinyModelSpec, out_dir: str | Path) -> Path:
 
 
 def ensure_tiny_qwen2vl(spec: TinyModelSpec, cache_dir: str | Path) -> Path:
-    """The tiny model's folder under `cache_dir`, built on first use (keyed by the spec's hash)."""
+    """The tiny model's folder under `cache_dir`, built on first use (keyed by the spec's hash). Every rank of
+    a job calls this at once: one builds, the others wait for it and load the same folder."""
     path = Path(cache_dir) / f"tiny_qwen2vl-{spec.fingerprint()}"
-    if not (path / "config.json").exists():
-        build_tiny_qwen2vl(spec, path)
+    with build_lock(path):
+        if not (path / "config.json").exists():
+            build_tiny_qwen2vl(spec, path)
     return path

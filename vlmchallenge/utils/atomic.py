@@ -1,7 +1,8 @@
-"""Folders that appear complete or not at all."""
+"""Folders that appear complete or not at all, and built once when several processes want the same one."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,9 +12,13 @@ from pathlib import Path
 
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary sibling name and rename it to `target` once the block succeeds (an
-    existing `target` is replaced). On any failure, a kill included, `target` is never half-written: the
-    temporary folder is removed, or left under its `.tmp-<pid>` name."""
+    """Build a folder under a temporary sibling name and rename it to `target` once the block succeeds. On any
+    failure, a kill included, `target` is never half-written: the temporary folder is removed, or left under
+    its `.tmp-<pid>` name.
+
+    An existing `target` is replaced by two renames (old aside, new in), and only then is the old copy deleted,
+    so a reader never finds `target` half-deleted. Replacing is for a builder that owns `target` (a re-export);
+    builders that share one (ranks, workers, jobs) go through `build_lock` and keep a complete one."""
     target = Path(target)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -23,6 +28,24 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
     if target.exists():
-        shutil.rmtree(target)
+        os.replace(target, old)
     os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def build_lock(target: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock named after `target` (an `flock` on the sibling file `<target>.lock`) for the
+    block. Processes that may build the same folder at once (the ranks of a job, parallel jobs on one data
+    folder) take turns: the second finds the first's folder complete and keeps it, instead of replacing it
+    while the first reads it. The lock is released by the kernel when its holder dies, a SIGKILL included."""
+    lock = Path(target).with_name(f"{Path(target).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
