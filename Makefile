@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train test bench gpu-check lint format clean clean-data
+.PHONY: help install prepare train test test-fast bench gpu-check docker-check lint format clean clean-data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ train: install ## Main job: synthetic data -> shards -> train -> test -> export,
 prepare: install ## Only data preparation: raw OpenPack (or synthetic) -> WebDataset shards
 	$(BIN)/python -m vlmchallenge.prepare $(ARGS)
 
-test: install ## Run the test suite (fast: synthetic data, a few seconds per test)
+test: install ## Run the whole test suite, as CI does (synthetic data, tiny models; prints the 15 slowest tests)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install ## The inner loop: the suite without the tests marked slow or drill (under 2 min on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow and not drill" $(ARGS)
 
 bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/prepare.py $(ARGS)
@@ -34,6 +37,9 @@ bench: install ## Run the benchmarks in bench/ and print their tables
 
 gpu-check: install ## On a GPU: pytest -m gpu, VRAM, train step, annotate, serving, DDP (DRY_RUN=1: CPU)
 	bench/gpu_check.sh
+
+docker-check: ## Build the Docker image, serve an export in it, check /health, /predict, docker stop (skips without an engine)
+	bench/docker_check.sh
 
 lint: install ## ruff check + format check
 	$(BIN)/ruff check vlmchallenge tests bench

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +29,6 @@ DDP = [
     "+callbacks.batch_digests._target_=tests.helpers.recorders.TrainBatchDigests",
 ]
 SUMMARY_LINES = ("Outputs", "test/acc = ", "run dir ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_dirs(log_dir: Path) -> list[Path]:
@@ -145,18 +138,25 @@ def test_resume_two_ranks_on_one_then_one_on_two_under_torchrun(chain, tmp_path)
     assert resumed.components.trainer.world_size == 1
     assert resumed.components.trainer.global_step == 8  # 4 steps on 2 ranks, then 4 more on 1
     one_ckpt = one_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(one_ckpt, weights_only=True)["epoch"] == 1
+    source, one = (torch.load(p, weights_only=True) for p in (two / "checkpoints" / "last.ckpt", one_ckpt))
+    assert one["epoch"] == 1
+    # the optimizer went on from the 2-rank state (AdamW's per-tensor step counter 4 -> 8), not from scratch
+    assert {float(s["step"]) for s in source["optimizer_states"][0]["state"].values()} == {4.0}
+    assert {float(s["step"]) for s in one["optimizer_states"][0]["state"].values()} == {8.0}
+    # it trained from the 2-rank weights: they moved, and its validation rows continue at epoch 1
+    assert source["state_dict"].keys() == one["state_dict"].keys()
+    assert any(not torch.equal(source["state_dict"][k], one["state_dict"][k]) for k in one["state_dict"])
+    with open(next(one_dir.rglob("metrics.csv"))) as f:
+        val_epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/f1_macro")}
+    assert val_epochs == {1}
 
     logs = tmp_path / "torchrun-logs"
     torchrun = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nnodes=1",
+        "--standalone",  # torchrun binds its own free port: no probe-then-bind race with other processes
         "--nproc_per_node=2",
-        "--node_rank=0",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
         f"--log_dir={logs}",
         "--redirects=3",  # each rank's stdout/stderr in its own file
     ]

@@ -207,6 +207,9 @@ def test_qlora_trains_in_4bit_on_cpu_through_validation(tmp_path, shared_data_di
     assert math.isfinite(metrics["train/loss"])
 
 
+MERGE_ATOL = 1e-5
+
+
 def test_qlora_export_merges_onto_an_unquantized_base(tmp_path, shared_data_dir):
     """Merging LoRA into a 4-bit base is a silent no-op (huggingface/peft#2586): the export must merge onto the
     full-precision base, so each merged weight equals base + scale * B @ A of the trained adapter."""
@@ -233,7 +236,8 @@ def test_qlora_export_merges_onto_an_unquantized_base(tmp_path, shared_data_dir)
         # adapter keys: base_model.model.<module>.lora_A.weight -> model weight key: <module>.weight
         module = name.removeprefix("base_model.model.").split(".lora_A.")[0]
         expected = base_w[f"{module}.weight"] + scale * (b @ a)
-        assert torch.allclose(merged_w[f"{module}.weight"], expected, atol=1e-5), module
-        assert (b @ a).abs().max() > 0  # a trained adapter: the check above is not base == base
+        assert torch.allclose(merged_w[f"{module}.weight"], expected, atol=MERGE_ATOL), module
+        # the adapter moves the weights by far more than the tolerance, so merged == base would fail above
+        assert (scale * (b @ a)).abs().max() > 10 * MERGE_ATOL, module
         checked += 1
     assert checked > 0
