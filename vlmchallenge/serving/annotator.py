@@ -1,9 +1,12 @@
 """Annotate a whole recording: sliding windows over its frames, each classified by the served model.
 
 - Windows come from the export's clip settings (`window_s`, `stride_s`, `min_frames`) unless overridden. Their
-  centres sit mid-second on the recording's 1-s grid, every `stride_s`, so with a 1-s stride every second
-  holds exactly one prediction (the first and last seconds too); a window is cut to the annotated range and
-  needs `min_frames` frames in it.
+  centres sit at the end of each second (`second + 999 ms`) on the recording's 1-s grid, every `stride_s`, so
+  with a 1-s stride every second holds exactly one prediction (the first and last seconds too); a window is cut
+  to the annotated range and needs `min_frames` frames in it. The end, not the middle: OpenPack's 1-Hz ground
+  truth labels second `t` by the operation active at `t + 999 ms` (docs/openpack.md §3.2), and the official
+  resampling keeps a second's last prediction (§7). Mid-second centres made the timeline half a second early:
+  shifted one second later it agreed with the truth as well as unshifted (tests/test_annotate_truth.py).
   A window whose centre second holds no frame is not scored: that second is a gap, filled only in the
   submission (evaluation/seconds.py).
 - Frames are chosen by the training sampler and prepared as training stored them (`FrameSampler.as_stored`
@@ -33,6 +36,8 @@ from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
 from vlmchallenge.serving.inference import BadInput, VLMInference
 
+# A second's prediction is made at its end: the instant its 1-Hz ground-truth label describes (module docstring).
+SECOND_END_MS = 999
 # (windows scored, windows in all, ms of the recording covered so far, frames decoded so far)
 ProgressFn = Callable[[int, int, int, int], None]
 
@@ -192,7 +197,8 @@ class RecordingAnnotator:
         self.class_names = list(inference.prompt.class_names)
 
     def plan(self, timestamps_ms: np.ndarray, range_ms: tuple[int, int]) -> tuple[list[Window], dict]:
-        """Windows over the range, centred mid-second every stride; the skipped ones counted by reason."""
+        """Windows over the range, centred at the end of each second (and every stride before it within the
+        second); the skipped ones counted by reason."""
         s = self.settings
         ts = np.asarray(timestamps_ms, dtype=np.int64)
         window, stride = round(s.window_s * 1000), round(s.stride_s * 1000)
@@ -200,7 +206,10 @@ class RecordingAnnotator:
         seconds = seconds_grid(start, end)
         framed = set((ts[(ts >= start) & (ts < end)] // 1000 * 1000).tolist())
         windows, skipped = [], {"no_frames": 0, f"fewer_than_{s.min_frames}_frames": 0}
-        for centre in range(int(seconds[0]) + 500, int(seconds[-1]) + 1000, stride):
+        # the centre grid is anchored at the first second's end (`second + 999`, the instant its 1-Hz label
+        # describes); with a stride that divides 1 s, every second's end is a centre
+        first = int(seconds[0]) + SECOND_END_MS - (SECOND_END_MS // stride) * stride
+        for centre in range(first, int(seconds[-1]) + 1000, stride):
             if centre - centre % 1000 not in framed:
                 skipped["no_frames"] += 1
                 continue
