@@ -43,9 +43,47 @@ def data_cfg(synthetic_root, tmp_path) -> DataConfig:
     )
 
 
+# The slow tier, which `make test-fast` (the inner loop) leaves out: whole modules that train, serve or run the
+# CLI; tests that need such a fixture (even through another); and the single tests of the other modules that took
+# 4 s or more in a full run (`--durations=0`). Everything else runs in well under a second each.
+SLOW_MODULES = {
+    "test_annotate", "test_annotate_api", "test_annotate_truth", "test_ddp", "test_evaluate_export",
+    "test_ground_truth_in_shards", "test_launchers", "test_loggers", "test_prepare_cli", "test_prepare_reliability",
+    "test_remote_shards", "test_serving", "test_serving_faults", "test_shared_builds", "test_sweeps", "test_train",
+    "test_training_crash",
+}  # fmt: skip
+SLOW_FIXTURES = {"two_class_run", "default_run", "crash_runs", "chain", "local_sweep", "tiny", "tiny_path"}
+SLOW_TESTS = {
+    "test_cli_prints_a_plan_without_downloading", "test_callback_sets_micro_batch_and_accumulation_before_loaders",
+    "test_the_vram_cli_plans_per_rank", "test_cli_with_hub_unreachable_fails_after_one_attempt_before_any_data_work",
+    "test_train_users_without_recordings_refuse_before_the_model_is_built", "test_deterministic_and_reused",
+    "test_a_training_run_survives_a_bit_flipped_shard_logs_the_skips_and_stops_past_the_threshold",
+    "test_evaluation_stops_on_a_corrupt_shard_naming_it_and_the_remedy",
+    "test_a_corrupt_train_shard_is_skipped_and_counted_exactly",
+    "test_train_epoch_is_exact_per_rank_and_batch_size_is_read_late",
+    "test_two_ranks_two_workers_see_every_eval_sample_exactly_once",
+    "test_balanced_stream_evens_out_class_frequencies", "test_each_epoch_streams_its_own_batches_whatever_came_before",
+    "test_edited_session_is_rebuilt_and_the_others_reused", "test_rerun_is_byte_identical_and_skips_finished_sessions",
+    "test_training_and_serving_encode_the_sampled_fps", "test_annotate_times_windows_cut_at_the_range_by_their_span",
+    "test_the_scorer_passes_the_time_step_to_qwen25", "test_kv_expanded_scoring_equals_a_forward_per_class",
+    "test_answer_logits_give_the_full_paths_loss_and_gradients", "test_the_printed_merge_command_merges_the_jobs",
+}  # fmt: skip
+
+
+def is_slow(item) -> bool:
+    return (
+        item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+        or item.originalname in SLOW_TESTS
+        or bool(SLOW_FIXTURES & set(item.fixturenames))
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
