@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -55,6 +56,13 @@ def test_train_validate_test_export(default_run):
         "vlmchallenge.json",
     } <= {p.name for p in export.iterdir()}
     assert (export / "adapter" / "adapter_config.json").exists()
+    # a server under another user (the Docker image's) can read every file: safetensors alone writes 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {
+        p.relative_to(export).as_posix(): p.stat().st_mode & 0o777 for p in export.rglob("*") if p.is_file()
+    }
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
     meta = json.loads((export / "vlmchallenge.json").read_text())
     assert meta["sampler"]["num_frames"] == 4 and meta["prompt"]["class_names"][0] == "Picking"
     # the evaluator's report is the test stage's output

@@ -13,6 +13,7 @@ The merge always happens onto an *unquantized* base: merging into a 4-bit base i
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,4 +81,15 @@ def export_model(
             "data_fingerprint": data_cfg.fingerprint(),
         }
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1))
+        readable_by_all(tmp)
     return out_dir
+
+
+def readable_by_all(folder: Path) -> None:
+    """Give every file the permissions the user's umask gives a new file (0644 under the usual 022). safetensors
+    writes its weight files 0600, so a server under another user (the Docker image's uid 10001, a systemd
+    service account) could not read an export mounted into it, and transformers then reports the file missing."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
