@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.helpers.runs import CONF_DIR
+from tests.test_serving import wait_healthy
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.serving.annotation_outputs import timeline_json
 from vlmchallenge.serving.annotator import RecordingAnnotator
@@ -55,9 +56,7 @@ def client(export_dir):
         300  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s
     )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        for _ in range(600):
-            if c.get("/health").status_code == 200:
-                break
+        wait_healthy(c, server)  # pauses between polls; fails, with the workers' states, if it never is
         yield c
 
 

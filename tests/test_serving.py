@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class ClipCase:
 
 @pytest.fixture(scope="module")
 def clips(two_class_run) -> list[ClipCase]:
+    return clip_cases(two_class_run)
+
+
+def clip_cases(two_class_run) -> list[ClipCase]:
     """Three clips of each trained operation, predicted as different classes by the trained model."""
     names = two_class_run.objects.components.module.prompt.class_names
     root = Path(two_class_run.cfg.data.root)
@@ -76,6 +81,18 @@ def probs_of(result: dict, names: list[str]) -> np.ndarray:
     return np.asarray([result["probabilities"][n] for n in names])
 
 
+def answered_correctly(status: int, body: dict | None, cases: list[ClipCase], atol: float = 1e-4) -> bool:
+    """A `/predict` answer is 200 and, clip by clip, the label and probabilities (in the server's class order,
+    the training prompt's) that the training run's test stage gave the same frames: the reference for drills."""
+    if status != 200 or not body:
+        return False
+    results = body.get("predictions") or [body.get("prediction")]
+    return len(results) == len(cases) and all(
+        r["label"] == c.label and np.allclose(list(r["probabilities"].values()), c.training_probs, atol=atol)
+        for r, c in zip(results, cases, strict=True)
+    )
+
+
 def png_b64(color=(10, 20, 30), size=(112, 84)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
@@ -90,19 +107,29 @@ def serve_cfg(export_dir, **over):
     return cfg
 
 
-def wait_healthy(get, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if get("/health") == 200:
-            return
-        time.sleep(0.3)
-    raise TimeoutError("server never became healthy")
+# generous: loading the model on a busy 2-core machine can take minutes; a dead server fails at once
+HEALTHY_WITHIN_S = 600
+POLL_PAUSE_S = 0.25
+
+
+def wait_healthy(client: TestClient, server) -> None:
+    """Until the in-process server's `/health` is 200, pausing between polls; fails, naming the workers' states,
+    once an inference worker has died or the deadline has passed (their log is pytest's captured stderr)."""
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while (code := client.get("/health").status_code) != 200:
+        dead = {w.pid: w.exitcode for w in server.inference_workers if not w.is_alive()}
+        if dead or time.monotonic() > deadline:
+            pytest.fail(
+                f"the server never became healthy (/health {code}): workers {dict(server.workers_setup_status)}, "
+                f"dead workers (pid: exit code) {dead}; their log is in the captured stderr below"
+            )
+        time.sleep(POLL_PAUSE_S)
 
 
 @pytest.fixture(scope="module")
 def client(export_dir):
     with wrap_litserve_start(build_server(serve_cfg(export_dir))) as server, TestClient(server.app) as c:
-        wait_healthy(lambda p: c.get(p).status_code)
+        wait_healthy(c, server)
         yield c
 
 
@@ -122,6 +149,24 @@ def test_serving_gives_training_probabilities_for_the_same_frames(export_dir, cl
     batch = engine.predict_batch([engine.prepare(frames) for frames in decoded])
     for single, batched in zip(singles, batch, strict=True):
         assert np.allclose(probs_of(single, names), probs_of(batched, names), atol=1e-5)
+
+
+def test_decode_threads_size_the_pool_and_change_no_value(export_dir, clips):
+    """`decode_threads` (conf/serve.yaml; the live server's worker says what it got: test_serving_faults.py)
+    sizes the engine's frame-decoding pool, and 1 thread or 4 decode every clip of a batch to the same arrays
+    and the same probabilities."""
+    engines = {n: VLMInference(export_dir, device="cpu", decode_threads=n) for n in (1, 4)}
+    prepared, answers = {}, {}
+    for n, engine in engines.items():
+        assert engine.decode_pool._max_workers == n
+        # fresh images for each engine: decoding drafts and loads an opened image in place
+        opened = [[decode_image(base64.b64decode(f), "frame") for f in c.frames_b64] for c in clips]
+        prepared[n] = engine.prepare_many(opened)  # 24 distinct frames of 6 clips, submitted at once
+        answers[n] = engine.predict_batch(prepared[n])
+    for one, four in zip(prepared[1], prepared[4], strict=True):
+        assert one.dtype == four.dtype == np.uint8 and np.array_equal(one, four)
+    assert [a["probabilities"] for a in answers[1]] == [a["probabilities"] for a in answers[4]]
+    assert [a["label"] for a in answers[1]] == [c.label for c in clips]
 
 
 def test_health_info_and_predict(client, clips):
@@ -183,7 +228,7 @@ def test_video_input_reads_at_most_max_video_frames_read(export_dir, clips, tmp_
     first4 = [png_of(im) for im in decoded_video_frames(video)[:4]]
     cfg = serve_cfg(export_dir, openai=False, **{"limits.max_video_frames_read": 4})
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        wait_healthy(lambda p: c.get(p).status_code)
+        wait_healthy(c, server)
         by_video = c.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
         by_frames = c.post("/predict", json={"frames": first4})
         assert by_video.status_code == by_frames.status_code == 200, by_video.text
@@ -273,7 +318,7 @@ def strict_client(export_dir):
         export_dir, api_key="s3cret", max_payload_mb=0.05, openai=False, max_batch_size=4, batch_timeout=1.0
     )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        wait_healthy(lambda p: c.get(p).status_code)
+        wait_healthy(c, server)
         yield c
 
 
@@ -332,58 +377,83 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export_dir, log, attempts=3):
-    """`python -m vlmchallenge.serve` on a free port. Another process may take the port between our probe and
-    the server's bind; then the server exits and we retry on a new port."""
-    for _ in range(attempts):
+@dataclass
+class LiveServer:
+    proc: subprocess.Popen
+    base: str
+    port: int
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+def health_status(base: str) -> int | None:
+    """`GET /health`'s status; None when nothing answers (not listening yet, or gone)."""
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def wait_for_health(server: LiveServer, statuses=(200,)) -> int:
+    """Until `/health` answers one of `statuses`, pausing between polls; fails with the server's log once the
+    server has exited or the (generous) deadline has passed."""
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while (code := health_status(server.base)) not in statuses:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            exited = server.proc.poll()
+            pytest.fail(
+                f"the server never answered /health with {statuses} (last: {code}; exit code {exited}); "
+                f"its log:\n{server.log_tail()}"
+            )
+        time.sleep(POLL_PAUSE_S)
+    return code
+
+
+def launch_server(export_dir, log: Path, *overrides, env=None, until=(200,), attempts=3) -> LiveServer:
+    """`python -m vlmchallenge.serve` on a free port, once `/health` answers one of `until`. Another process may
+    take the port between our probe and the server's bind; then the server exits at once, saying so, and it is
+    started again on a fresh port. Every test that starts a server starts it here."""
+    for attempt in range(1, attempts + 1):
         port = free_port()
         with open(log, "w") as f:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "vlmchallenge.serve",
-                    f"export_dir={export_dir}",
-                    f"port={port}",
-                    "device=cpu",
-                    "api_key=k3y",
-                    f"hydra.run.dir={log.parent}",
-                ],
+                [sys.executable, "-m", "vlmchallenge.serve", f"export_dir={export_dir}", f"port={port}"]
+                + ["device=cpu", f"hydra.run.dir={log.parent}", *overrides],
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=env,
             )
-        base = f"http://127.0.0.1:{port}"
-
-        def status(path, base=base):
-            try:
-                return urllib.request.urlopen(base + path, timeout=5).status
-            except Exception:
-                return None
-
-        # generous: model loading on a busy 2-core machine can take a while; a dead server fails fast
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if status("/health") == 200:
-                return proc, base
-            time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    raise RuntimeError(f"server never became healthy; last log:\n{log.read_text()[-3000:]}")
+        server = LiveServer(proc, f"http://127.0.0.1:{port}", port, log)
+        try:
+            wait_for_health(server, until)
+            return server
+        except pytest.fail.Exception:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            if attempt == attempts or "Address already in use" not in log.read_text():
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
 def live_server(export_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    proc, base = start_server(export_dir, log)
+    server = launch_server(export_dir, log, "api_key=k3y")
     try:
-        yield base
+        yield server.base
     finally:
         # the main process only, as `docker stop` does (a signal to the whole group: test_serving_faults.py)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        os.kill(server.proc.pid, signal.SIGTERM)
+        server.proc.wait(timeout=60)
         with contextlib.suppress(ProcessLookupError):  # a graceful shutdown leaves nothing over
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(server.proc.pid, signal.SIGKILL)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

@@ -1,14 +1,21 @@
-"""Serving under overload and faults, on a real server (`python -m vlmchallenge.serve` in a subprocess):
-past `max_queue` a 503 with Retry-After and nothing else 5xx; bad input a warning, not a server error; SIGTERM
-answers the in-flight requests, ends every process the server started, and frees the port for a restart.
-The two drills share one server (the SIGTERM drill ends it), and wait on the server's own count of requests
-in it (`X-Requests-In-Server`), never on a sleep (docs/serving.md §1).
-Plus, in-process: decompression bombs and huge dimensions rejected from the header, the key compared with
-`hmac.compare_digest`."""
+"""Serving under overload and faults, on real servers (`python -m vlmchallenge.serve` in a subprocess, started by
+`launch_server`, which retries on a fresh port when the port was taken):
+
+- past `max_queue` a 503 with Retry-After and nothing else 5xx; bad input a warning, not a server error;
+- SIGTERM answers the in-flight requests, ends every process the server started, and frees the port;
+- while the model loads, `/health` is 503 and a request past `timeout` a 504 (the load waits on a FIFO the test
+  opens, through an audit hook in the worker: no sleep decides it);
+- concurrent requests share one batch (`X-Batch-Size`), `decode_threads` reaches the worker;
+- an inference worker SIGKILLed (as by the OOM killer) ends the server at once, in one line, with exit code 70.
+
+The drills wait on the server's own count of requests in it (`X-Requests-In-Server`), never on a sleep, and
+measure what was lost against the training run's answers for the same clips before asserting (docs/serving.md
+§1, §8). Plus, in-process: decompression bombs and huge dimensions rejected from the header, the key compared
+with `hmac.compare_digest`."""
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hmac
 import json
 import os
@@ -16,22 +23,35 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from email.message import Message
 
 import psutil
 import pytest
 from fastapi import HTTPException
 
-from tests.test_serving import chat_content, free_port, png_b64, post
+from tests.test_serving import (
+    HEALTHY_WITHIN_S,
+    POLL_PAUSE_S,
+    ClipCase,
+    LiveServer,
+    answered_correctly,
+    chat_content,
+    clip_cases,
+    health_status,
+    launch_server,
+    png_b64,
+    post,
+    wait_for_health,
+)
 from vlmchallenge.serving.api import ChatClassifierAPI, ExportBackedAPI, ServeLimits
 from vlmchallenge.serving.inference import BadInput, decode_image
+from vlmchallenge.serving.supervision import EXIT_PROCESS_DIED
 
 
 @pytest.fixture(scope="module")
@@ -39,108 +59,125 @@ def export_dir(two_class_run):
     return two_class_run.objects.export_dir
 
 
-def launch(export_dir, log, port, *overrides):
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vlmchallenge.serve", f"export_dir={export_dir}", f"port={port}"]
-            + ["device=cpu", "api_key=null", f"hydra.run.dir={log.parent}", *overrides],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if status(base, "/health") == 200:
-            return proc, base
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"server never became healthy; log:\n{log.read_text()[-3000:]}")
+@pytest.fixture(scope="module")
+def clips(two_class_run) -> list[ClipCase]:
+    return clip_cases(two_class_run)
 
 
-def status(base, path):
-    try:
-        return urllib.request.urlopen(base + path, timeout=5).status
-    except Exception:
-        return None
+@dataclass
+class Answer:
+    # 0: the connection closed (or was refused) without an answer; -1: no answer within the client's wait
+    status: int
+    headers: Message | None = None
+    body: dict | None = None
 
 
-def post_with_headers(base, body):
-    """(status, headers); status 0 when no answer came at all (connection refused or reset)."""
+def post_predict(base, body, wait_s=300) -> Answer:
     req = urllib.request.Request(
         base + "/predict", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, dict(r.headers)
+        with urllib.request.urlopen(req, timeout=wait_s) as r:
+            return Answer(r.status, r.headers, json.loads(r.read()))
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers)
-    except OSError:
-        return 0, {}
+        return Answer(e.code, e.headers, json.loads(e.read() or b"{}"))
+    except urllib.error.URLError as e:
+        return Answer(-1 if isinstance(e.reason, TimeoutError) else 0)
+    except TimeoutError:
+        return Answer(-1)
+    except OSError:  # reset, or closed before an answer (http.client.RemoteDisconnected)
+        return Answer(0)
 
 
-def heavy_request():
-    """16 clips of 4 frames: about a second of work on 2 cores, so it is still running while the test acts."""
-    return {"clips": [{"frames": [png_b64((i * 13 % 255, 40, 90))] * 4} for i in range(16)]}
+def frames_of(cases: list[ClipCase]) -> dict:
+    """A `/predict` body: one clip's frames, or several clips."""
+    if len(cases) == 1:
+        return {"frames": cases[0].frames_b64}
+    return {"clips": [{"frames": c.frames_b64} for c in cases]}
+
+
+def heavy_cases(clips) -> list[ClipCase]:
+    """16 real clips in one request: about a second of work on 2 cores, so it is still running while the test
+    acts; the training run's probabilities for them are the reference."""
+    return [clips[i % len(clips)] for i in range(16)]
+
+
+def correct(answer: Answer, cases: list[ClipCase]) -> bool:
+    return answered_correctly(answer.status, answer.body, cases)
+
+
+def refused_with_notice(answer: Answer) -> bool:
+    return answer.status == 503 and answer.headers.get("Retry-After") == "1"
 
 
 MAX_QUEUE = 2
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    base: str
-    port: int
-    log: Path
 
 
 @pytest.fixture(scope="module")
 def server(export_dir, tmp_path_factory):
     """One server (max_queue=2) for the overload test, then stopped by the SIGTERM drill. `timeout=300`: on a
     busy machine a heavy request must never become a 504, which would make the overload test flaky."""
-    log, port = tmp_path_factory.mktemp("faults") / "server.log", free_port()
-    proc, base = launch(export_dir, log, port, f"max_queue={MAX_QUEUE}", "timeout=300")
-    yield Server(proc, base, port, log)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=90)
+    log = tmp_path_factory.mktemp("faults") / "server.log"
+    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300")
+    yield server
+    if server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGTERM)
+        server.proc.wait(timeout=90)
 
 
 def in_server(base) -> int:
-    with urllib.request.urlopen(base + "/health", timeout=5) as r:
-        return int(r.headers["X-Requests-In-Server"])
+    """The server's count of POST requests in it, which every GET answer carries (a 503 `/health` too)."""
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=30) as r:
+            return int(r.headers["X-Requests-In-Server"])
+    except urllib.error.HTTPError as e:
+        return int(e.headers["X-Requests-In-Server"])
 
 
-def fill_the_queue(base, pool):
-    """MAX_QUEUE heavy requests, returned once the server counts them in (`X-Requests-In-Server` on a GET,
-    which takes no place itself): no sleep decides it, so the outcome does not depend on how busy the
-    machine is, and no probe can take a heavy request's place."""
-    heavy = [pool.submit(post_with_headers, base, heavy_request()) for _ in range(MAX_QUEUE)]
-    deadline = time.time() + 60
-    while in_server(base) < MAX_QUEUE:
-        assert time.time() < deadline, f"{MAX_QUEUE} heavy requests sent, never all in the server"
-        time.sleep(0.01)
-    assert not any(f.done() for f in heavy)
+def wait_in_server(base, n: int) -> None:
+    """Until the server counts `n` requests in it (`X-Requests-In-Server` on a GET, which takes no place itself),
+    pausing between polls, within a generous deadline."""
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while (now := in_server(base)) < n:
+        assert time.monotonic() < deadline, f"{n} requests sent, only {now} ever in the server"
+        time.sleep(POLL_PAUSE_S / 10)
+
+
+def fill_the_queue(base, pool, clips):
+    """MAX_QUEUE heavy requests, returned once the server counts them in: no sleep decides it, so the outcome
+    does not depend on how busy the machine is, and no probe can take a heavy request's place."""
+    heavy = [pool.submit(post_predict, base, frames_of(heavy_cases(clips))) for _ in range(MAX_QUEUE)]
+    wait_in_server(base, MAX_QUEUE)
     return heavy
 
 
 @pytest.mark.drill
-def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, drill):
+def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, clips, drill):
+    light = [clips[0]]
     with ThreadPoolExecutor(2 + 8) as pool:
-        heavy = fill_the_queue(server.base, pool)
-        burst = list(pool.map(lambda _: post_with_headers(server.base, {"frames": [png_b64()]}), range(8)))
+        heavy = fill_the_queue(server.base, pool, clips)
+        burst = list(pool.map(lambda _: post_predict(server.base, frames_of(light)), range(8)))
         still_full = not any(f.done() for f in heavy)
-        heavy_codes = [f.result(timeout=300)[0] for f in heavy]
-    results = burst
-    codes = [code for code, _ in results] + heavy_codes
-    assert [c for c, _ in burst] == [503] * 8, (codes, still_full)  # refused: both heavy requests were in
+        heavy_answers = [f.result() for f in heavy]
+    sent = [(a, heavy_cases(clips)) for a in heavy_answers] + [(a, light) for a in burst]
+    answered = [correct(a, cases) for a, cases in sent]
+    refused = [refused_with_notice(a) for a, _ in sent]
+    lost = sum(not (ok or no) for ok, no in zip(answered, refused, strict=True))
+    drill.record(
+        fault=f"{len(sent)} requests, {MAX_QUEUE} of them heavy, over max_queue={MAX_QUEUE}",
+        injected=len(sent),
+        lost=lost,
+        unit="requests",
+        check="each answer compared clip by clip with the training run's probabilities for the same frames; "
+        "a 503 with Retry-After counts as refused with notice",
+        noticed=f"{sum(refused)} refused 503 with Retry-After",
+    )
+    assert lost == 0, [a.status for a, _ in sent]
+    assert refused[MAX_QUEUE:] == [True] * 8, [a.status for a, _ in sent]  # both heavy requests were in
     assert still_full, "the heavy requests ended before the burst did; make them heavier"
-    assert heavy_codes == [200] * MAX_QUEUE
-    assert set(codes) <= {200, 503}, codes  # no 5xx but the 503s, and every request answered
-    assert all(h.get("retry-after") == "1" for code, h in results if code == 503)
-    assert status(server.base, "/health") == 200
-    assert post_with_headers(server.base, {"frames": [png_b64()]})[0] == 200  # it recovers
+    assert answered[:MAX_QUEUE] == [True] * MAX_QUEUE, [a.status for a in heavy_answers]
+    assert health_status(server.base) == 200
+    assert correct(post_predict(server.base, frames_of(light)), light)  # it recovers
     bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}]
     code, reply = post(
         server.base, "/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": bad}]}
@@ -157,72 +194,260 @@ def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, 
         -3000:
     ]
     assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
-    drill.record(
-        fault=f"{len(codes)} requests, {MAX_QUEUE} of them heavy, over max_queue={MAX_QUEUE}",
-        injected=len(codes),
-        lost=sum(c >= 500 and c != 503 or c == 0 for c in codes),
-        unit="requests",
-        check="every request answered 200 or 503 with Retry-After; the heavy ones 200; health 200 throughout",
-    )
 
 
-def stop_with_requests_in_flight(server: Server, stop, drill, fault: str) -> None:
+def no_process_left(children: list[psutil.Process]) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(children, timeout=30)
+    return alive
+
+
+def port_is_free(port: int) -> bool:
+    """It binds right away, as the next server's uvicorn would (SO_REUSEADDR, then listen)."""
+    with socket.socket() as rebind:
+        rebind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            rebind.bind(("127.0.0.1", port))
+            rebind.listen()
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def stop_with_requests_in_flight(server: LiveServer, stop, clips, drill, fault: str) -> None:
     """`stop()` sends the signal while MAX_QUEUE heavy requests are in the server: every one must be answered
-    200, the main process exit 0, every child process end, and the port be free at once."""
+    correctly, the main process exit 0, every child process end, and the port be free at once."""
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert len(children) >= 3  # the manager, the API (uvicorn) process, one inference worker per API
     with ThreadPoolExecutor(MAX_QUEUE) as pool:
-        in_flight = fill_the_queue(server.base, pool)
+        in_flight = fill_the_queue(server.base, pool, clips)
         stop()
         unanswered_at_signal = sum(not f.done() for f in in_flight)
-        codes = [f.result(timeout=300)[0] for f in in_flight]
-    assert unanswered_at_signal >= 1  # the drill did catch requests in flight
-    assert codes == [200] * MAX_QUEUE, codes
-    assert server.proc.wait(timeout=90) == 0, "the main process did not exit cleanly"
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, [p.info for p in alive]
-    # the port is free: it binds right away, as the next server's uvicorn would (SO_REUSEADDR, then listen)
-    with socket.socket() as rebind:
-        rebind.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        rebind.bind(("127.0.0.1", server.port))
-        rebind.listen()
-    log = server.log.read_text()
-    assert "Traceback" not in log, log[-3000:]
+        answers = [f.result() for f in in_flight]
+    try:
+        exit_code = server.proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        exit_code = None
+    answered = [correct(a, heavy_cases(clips)) for a in answers]
+    lost = sum(not ok for ok in answered)
     drill.record(
         fault=f"{fault} with {unanswered_at_signal} requests in flight",
         injected=1,
-        lost=sum(c != 200 for c in codes),
+        lost=lost,
         unit="requests",
-        check="every in-flight request answered 200; all child processes exited; port rebound; no traceback",
+        check="each in-flight request's answer compared clip by clip with the training run's probabilities; "
+        "all child processes exited; port rebound; no traceback",
     )
+    assert lost == 0, [a.status for a in answers]
+    assert unanswered_at_signal >= 1  # the drill did catch requests in flight
+    assert exit_code == 0, "the main process did not exit cleanly"
+    alive = no_process_left(children)
+    assert not alive, [p.info for p in alive]
+    assert port_is_free(server.port)
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
 
 
 @pytest.mark.drill
-def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_port(server, drill):
+def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_port(server, clips, drill):
     stop = lambda: os.kill(server.proc.pid, signal.SIGTERM)  # noqa: E731 (the main process only, as docker stop)
-    stop_with_requests_in_flight(server, stop, drill, "SIGTERM to the main process")
+    stop_with_requests_in_flight(server, stop, clips, drill, "SIGTERM to the main process")
 
 
 @pytest.mark.drill
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(export_dir, tmp_path, drill, signum):
+def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(
+    export_dir, clips, tmp_path, drill, signum
+):
     """Ctrl+C in a terminal (SIGINT) and systemd's default `KillMode=control-group` (SIGTERM) signal every
     process of the server at once. The inference workers and the manager used to end at once: both in-flight
     requests were lost (a 500 and a reset connection), the API process was killed after its 30 s grace, and
     LitServe's monitor logged a traceback (docs/serving.md §2)."""
-    port = free_port()
-    proc, base = launch(export_dir, tmp_path / "server.log", port, f"max_queue={MAX_QUEUE}", "timeout=300")
-    server = Server(proc, base, port, tmp_path / "server.log")
+    log = tmp_path / "server.log"
+    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300")
     try:
         stop_with_requests_in_flight(
             server,
-            lambda: os.killpg(proc.pid, signum),
+            lambda: os.killpg(server.proc.pid, signum),
+            clips,
             drill,
             f"{signal.Signals(signum).name} to the process group",
         )
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_what_is_left(server)
+
+
+def kill_what_is_left(server: LiveServer) -> None:
+    try:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    server.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- while the model loads: 503, and 504 past timeout
+
+# Put on PYTHONPATH as `sitecustomize.py`, so every process of the server runs it at start-up; it acts only in an
+# inference worker (a spawned process LitServe names "inference-worker").
+LOAD_GATE = """
+import os, sys
+gate, under = os.environ.get("VLMCHALLENGE_TEST_LOAD_GATE"), os.environ.get("VLMCHALLENGE_TEST_LOAD_UNDER")
+if gate and under:
+    import multiprocessing
+    waited = []
+
+    def hook(event, args):
+        # the first file the worker opens in the export (the start of the model load) waits for the gate:
+        # a FIFO, whose open returns once the test opens it for writing, and whose read ends when it closes it
+        if event != "open" or waited or multiprocessing.current_process().name != "inference-worker":
+            return
+        if isinstance(args[0], (str, bytes, os.PathLike)) and os.fsdecode(args[0]).startswith(under):
+            waited.append(args[0])
+            with open(gate, "rb") as f:
+                f.read()
+
+    sys.addaudithook(hook)
+"""
+
+
+def open_the_gate(gate, server: LiveServer) -> None:
+    """Opens the FIFO for writing once the worker waits on it (it waits until then: the moment cannot pass),
+    and closes it: the worker's read ends, and the model load goes on."""
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
+    while True:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as e:  # ENXIO: no reader yet
+            assert e.errno == errno.ENXIO, e
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.log_tail()
+        time.sleep(POLL_PAUSE_S)
+
+
+def test_while_the_model_loads_health_is_503_and_a_request_past_timeout_504(export_dir, clips, tmp_path):
+    """The README's promises, with the model load held by the test: `/health` answers 503 until the model is
+    loaded (uvicorn listens while the worker loads: serving/supervision.py), a request not answered within
+    `timeout` gets 504 and leaves the server's count, and once the load goes on the server is healthy and stops
+    cleanly."""
+    gate, hooks = tmp_path / "gate", tmp_path / "hooks"
+    os.mkfifo(gate)
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(LOAD_GATE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+        "VLMCHALLENGE_TEST_LOAD_GATE": str(gate),
+        "VLMCHALLENGE_TEST_LOAD_UNDER": str(export_dir),
+    }
+    overrides = ("api_key=null", "openai=false", "annotate=false", "timeout=2")
+    server = launch_server(export_dir, tmp_path / "server.log", *overrides, env=env, until=(200, 503))
+    try:
+        assert health_status(server.base) == 503  # the worker cannot have loaded: the gate is closed
+        late = post_predict(server.base, frames_of([clips[0]]))
+        assert late.status == 504, (late.status, late.body)
+        assert late.body == {"detail": "no answer within 2 s (timeout)"}
+        assert in_server(server.base) == 0  # the 504 let go of its place
+        assert health_status(server.base) == 503
+        open_the_gate(gate, server)
+        assert wait_for_health(server, (200,)) == 200
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(timeout=90) == 0
+        assert "Traceback" not in server.log.read_text(), server.log_tail()
+    finally:
+        kill_what_is_left(server)
+
+
+# ---------------------------------------------------------------- one batch of 4, then an inference worker killed
+
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def batching_server(export_dir, tmp_path_factory):
+    """`/predict` only, answering full batches of 4 only: `batch_timeout` is 11 days, so a batch never leaves
+    short. 4 concurrent requests must share one batch, and fewer wait in the inference worker, provably in
+    flight, until the SIGKILL drill ends the server. `decode_threads=3`: not the default on any machine here."""
+    log = tmp_path_factory.mktemp("batching") / "server.log"
+    overrides = ["api_key=null", "openai=false", "annotate=false", f"max_batch_size={BATCH}"]
+    server = launch_server(
+        export_dir, log, *overrides, "batch_timeout=1e6", "timeout=2e6", "decode_threads=3"
+    )
+    yield server
+    kill_what_is_left(server)
+
+
+def one_batch(base, cases: list[ClipCase]) -> list[Answer]:
+    with ThreadPoolExecutor(len(cases)) as pool:
+        return list(pool.map(lambda c: post_predict(base, frames_of([c])), cases))
+
+
+def test_concurrent_requests_share_one_batch(batching_server, clips):
+    """Not only right answers: the server says each request was answered by a batch of 4 (`X-Batch-Size`)."""
+    cases = [clips[0], clips[-1], clips[1], clips[-2]]  # both trained operations
+    answers = one_batch(batching_server.base, cases)
+    assert [a.status for a in answers] == [200] * BATCH, [a.body for a in answers]
+    assert [a.headers["X-Batch-Size"] for a in answers] == [str(BATCH)] * BATCH
+    assert all(correct(a, [c]) for a, c in zip(answers, cases, strict=True))
+
+
+def test_decode_threads_reach_the_inference_worker(batching_server):
+    """`decode_threads=3` on the command line is the worker's pool size (the worker says so once loaded)."""
+    assert "/predict worker ready: model on cpu, 3 frame-decoding threads" in batching_server.log.read_text()
+
+
+@pytest.mark.drill
+def test_sigkill_of_an_inference_worker_ends_the_server_at_once_for_its_supervisor(
+    batching_server, clips, drill
+):
+    """As the OOM killer would: SIGKILL of the inference worker while 3 requests are in the server, none of
+    which can be answered (a batch of 4 never fills). LitServe's monitor used to log "Worker inference-worker died; shutting down" and end in a raw
+    EOFError traceback; now the server logs one line naming the worker and the signal, ends its other processes,
+    frees the port and exits with code 70, so that Docker, systemd or Kubernetes restarts it (docs/serving.md
+    §8). The requests in flight are cut (their connections close): dropped with notice, never left hanging or
+    answered wrongly."""
+    server = batching_server
+    cases = [clips[0], clips[-1], clips[1], clips[-2]]
+    before = one_batch(server.base, cases)  # answered: the worker serves
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    (worker,) = [p for p in children if "spawn_main" in " ".join(p.cmdline())]  # the one inference worker
+    held = cases[:3]
+    with ThreadPoolExecutor(len(held)) as pool:
+        in_flight = [pool.submit(post_predict, server.base, frames_of([c])) for c in held]
+        wait_in_server(server.base, len(held))
+        os.kill(worker.pid, signal.SIGKILL)
+        try:
+            exit_code = server.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+        cut = [f.result() for f in in_flight]
+    sent = [*zip(before, cases, strict=True), *zip(cut, held, strict=True)]
+    answered = [correct(a, [c]) for a, c in sent]
+    failed_visibly = [a.status == 0 or a.status >= 500 for a, _ in sent]
+    lost = sum(not (ok or seen) for ok, seen in zip(answered, failed_visibly, strict=True))
+    died = [line for line in server.log.read_text().splitlines() if f"pid {worker.pid}" in line]
+    drill.record(
+        fault=f"SIGKILL of the inference worker with {len(held)} requests in flight",
+        injected=1,
+        lost=lost,
+        unit="requests",
+        check="each answer compared with the training run's probabilities for its clip; a closed connection "
+        "or a 5xx counts as dropped with notice; exit code, one log line, no process left, port rebound",
+        noticed=f"{sum(failed_visibly)} in-flight requests cut (connection closed); server exit code {exit_code}",
+    )
+    assert lost == 0, [a.status for a, _ in sent]
+    assert answered == [True] * BATCH + [False] * len(held)
+    assert [a.status for a in cut] == [0] * len(held)  # cut, not answered wrongly, not left hanging
+    assert exit_code == EXIT_PROCESS_DIED
+    assert (
+        len(died) == 1 and "inference worker 0 of /predict" in died[0] and "killed by SIGKILL" in died[0]
+    ), died
+    log = server.log.read_text()
+    assert log.strip().splitlines()[-1] == died[0], log[-3000:]  # the last word, and nothing after it
+    assert "Traceback" not in log and "leaked" not in log, log[-3000:]
+    alive = no_process_left(children)
+    assert not alive, [p.info for p in alive]
+    assert port_is_free(server.port)
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -97,9 +97,10 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
         limits: ServeLimits | None = None,
         api_key: str | None = None,
         batch_size: int = 8,
+        decode_threads: int | None = None,
     ):
         super().__init__(api_path="/annotate")
-        self.serve_export(export_dir, device, limits, api_key)
+        self.serve_export(export_dir, device, limits, api_key, decode_threads)
         self.batch_size = batch_size
 
     def decode_request(self, request: AnnotateRequest) -> dict:

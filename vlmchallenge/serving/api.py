@@ -130,9 +130,16 @@ class ExportBackedAPI:
         """LitServe calls this once per worker, with the device it assigned to that worker."""
         if self.api_done is not None:
             leave_stop_signals_to_main(self.api_done)
+        log_as_the_main_process_does()
         chosen = self.device_name if self.device_name != "auto" else device
         self.engine = VLMInference(
             self.export_dir, device=None if chosen == "auto" else chosen, decode_threads=self.decode_threads
+        )
+        log.info(
+            "%s worker ready: model on %s, %d frame-decoding threads",
+            self.api_path,
+            self.engine.device,
+            self.engine.decode_threads,
         )
 
     def authorize(
@@ -174,17 +181,33 @@ class ExportBackedAPI:
         ]
 
 
+def log_as_the_main_process_does() -> None:
+    """An inference worker is spawned: a fresh interpreter with no logging configured, where a warning came out
+    bare and an info line not at all. Give it the main process's (Hydra's) format, INFO for our own loggers.
+    And no "Loading weights" progress bar: noise in a server log, and tqdm makes a multiprocessing lock for it,
+    which a worker ended by a signal leaves to the resource tracker ("leaked semaphore objects" at exit)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+        logging.getLogger("vlmchallenge").setLevel(logging.INFO)
+
+
 def client_error(e: BadInput) -> HTTPException:
     """A client's mistake: a warning in the server log (not an error: nothing is wrong with the server)."""
     log.warning("rejected a request (422): %s", e)
     return HTTPException(status_code=422, detail=str(e))
 
 
-def client_error_response(e: BadInput) -> JSONResponse:
+def client_error_response(e: BadInput, headers: dict | None = None) -> JSONResponse:
     """`client_error` as the answer itself (FastAPI sends a returned `Response` as it is), for one request of a
     batch; the body is the one error body (serving/errors.py)."""
     log.warning("rejected a request (422): %s", e)
-    return JSONResponse({"detail": str(e)}, status_code=422)
+    return JSONResponse({"detail": str(e)}, status_code=422, headers=headers)
 
 
 def chat_frame_urls(body: dict) -> list[str]:
@@ -281,28 +304,36 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
         results = self.engine.predict_batch(x["clips"]) if x["clips"] else []
         if "requests" in x:  # a dynamic batch of several requests
             return {"results": results, "requests": x["requests"]}
-        return {**x, "results": results}
+        return {**x, "results": results, "batch_size": 1}
 
     def unbatch(self, output: dict) -> list[dict]:
-        results, out = iter(output["results"]), []
+        results, out, size = iter(output["results"]), [], len(output["requests"])
         for request in output["requests"]:
             if "error" in request:
-                out.append(request)
+                out.append({**request, "batch_size": size})
             else:
-                out.append({**request, "results": [next(results) for _ in request["clips"]]})
+                out.append(
+                    {**request, "results": [next(results) for _ in request["clips"]], "batch_size": size}
+                )
         return out
 
     def encode_response(self, output: dict) -> PredictResponse:  # the annotation is the response schema
+        # how many requests shared this one's batch (dynamic batching, docs/serving.md §7)
+        headers = {"X-Batch-Size": str(output["batch_size"])}
         if "error" in output:  # one bad request of a batch: its 422 as an answer, not an exception
-            return client_error_response(output["error"])
+            return client_error_response(output["error"], headers)
         results = output["results"]
         if output.get("top_k"):
             for r in results:
                 top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: output["top_k"]]
                 r["probabilities"] = dict(top)
         if output["multi"]:
-            return PredictResponse(predictions=[ClassResult(**r) for r in results])
-        return PredictResponse(prediction=ClassResult(**results[0]))
+            answer = PredictResponse(predictions=[ClassResult(**r) for r in results])
+        else:
+            answer = PredictResponse(prediction=ClassResult(**results[0]))
+        # returned as a response (FastAPI sends it as it is), for the header; the body is what FastAPI would
+        # have made of the model
+        return JSONResponse(answer.model_dump(mode="json"), headers=headers)
 
 
 class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):

@@ -35,6 +35,11 @@ IN_SERVER = {
     "schema": {"type": "integer", "minimum": 0},
     "description": "POST requests in the server now (queued or running), the count compared with max_queue",
 }
+BATCH_SIZE = {
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "requests answered by the same forward pass as this one (dynamic batching)",
+}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
@@ -95,6 +100,8 @@ def declare_responses(path: str, method: str, operation: dict) -> None:
             }
     if path == "/info":
         responses["200"]["content"]["application/json"]["schema"] = {"type": "object"}
+    if path == "/predict":
+        responses["200"]["headers"] = {"X-Batch-Size": BATCH_SIZE}
     if path == "/v1/chat/completions":
         responses["200"]["content"] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}},

@@ -6,7 +6,6 @@ from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-import litserve as ls
 from omegaconf import DictConfig
 
 from vlmchallenge.models.exporter import read_export_meta, read_label_map
@@ -16,6 +15,7 @@ from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, Serve
 from vlmchallenge.serving.errors import use_one_error_shape
 from vlmchallenge.serving.openapi import tell_the_truth
 from vlmchallenge.serving.shutdown import ApiServerDone, api_done_event, sigterm_as_keyboard_interrupt
+from vlmchallenge.serving.supervision import FailFastLitServer
 
 
 def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
@@ -38,7 +38,7 @@ def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
     }
 
 
-def build_server(cfg: DictConfig, api_done: Event | None = None) -> ls.LitServer:
+def build_server(cfg: DictConfig, api_done: Event | None = None) -> FailFastLitServer:
     """`api_done`: set when the API process has answered its last request (serving/shutdown.py)."""
     api_done = api_done or api_done_event()
     export_dir = Path(cfg.export_dir)
@@ -60,13 +60,17 @@ def build_server(cfg: DictConfig, api_done: Event | None = None) -> ls.LitServer
         apis.append(ChatClassifierAPI(str(export_dir), cfg.device, limits, cfg.api_key, decode_threads))
     if cfg.get("annotate", True):
         apis.append(
-            RecordingAnnotatorAPI(str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size)
+            RecordingAnnotatorAPI(
+                str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size, decode_threads
+            )
         )
     for api in apis:
         api.api_done = api_done
     accelerator = "cpu" if cfg.device == "cpu" else "auto"
-    server = ls.LitServer(
+    # listens while the workers load; a process that dies ends it (serving/supervision.py)
+    server = FailFastLitServer(
         apis,
+        api_done=api_done,
         accelerator=accelerator,
         devices=1,
         workers_per_device=cfg.workers_per_device,
@@ -99,7 +103,9 @@ def package_version() -> str:
 
 def run_server(cfg: DictConfig) -> None:
     """Serve until Ctrl+C or SIGTERM, to the main process or its whole group; either way in-flight requests are
-    answered and every process exits."""
+    answered and every process exits. If one of the server's processes dies instead (an inference worker killed
+    by the OOM killer), one line says which and why, and the process exits with code 70 at once
+    (serving/supervision.py)."""
     api_done = api_done_event()
     server = build_server(cfg, api_done)
     with sigterm_as_keyboard_interrupt(api_done):
