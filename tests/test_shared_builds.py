@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers.rank_builds import build_like_a_rank, folder_digest
 from tests.helpers.runs import SMALL_DATA_OVERRIDES
-from vlmchallenge.utils.atomic import build_lock
+from vlmchallenge.utils.atomic import build_lock, lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_a_second_builder_waits_for_the_first_and_keeps_its_folder(tmp_path, wha
             stderr=subprocess.PIPE,
             text=True,
         )
-        while not blocked_on_lock(second.pid, folder.with_name(folder.name + ".lock")):
+        while not blocked_on_lock(second.pid, lock_path(folder)):
             assert second.poll() is None, f"the second builder did not wait: {second.communicate()}"
             time.sleep(0.05)  # waits for a state that lasts (a blocked flock), not for a moment
         build_first()

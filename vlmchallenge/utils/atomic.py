@@ -29,6 +29,9 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    shutil.rmtree(
+        old, ignore_errors=True
+    )  # a leftover of a killed replace under this pid: rename onto it fails
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
@@ -41,7 +44,7 @@ def build_lock(target: str | Path) -> Iterator[None]:
     block. Processes that may build the same folder at once (the ranks of a job, parallel jobs on one data
     folder) take turns: the second finds the first's folder complete and keeps it, instead of replacing it
     while the first reads it. The lock is released by the kernel when its holder dies, a SIGKILL included."""
-    lock = Path(target).with_name(f"{Path(target).name}.lock")
+    lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -49,3 +52,8 @@ def build_lock(target: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_path(target: str | Path) -> Path:
+    """The file `build_lock` locks for `target`: its sibling `<target>.lock`."""
+    return Path(target).with_name(f"{Path(target).name}.lock")
