@@ -26,8 +26,8 @@ from benchdoc import update_section  # noqa: E402
 BUSY_LOOP = "while True: pass"
 
 
-def one_run() -> tuple[int, int, int, float]:
-    """(passed, failed, skipped, seconds) of one `pytest -m drill` run."""
+def one_run(log: Path) -> tuple[int, int, int, float]:
+    """(passed, failed, skipped, seconds) of one `pytest -m drill` run; its whole output goes to `log`."""
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "drill", "-q", "-p", "no:cacheprovider"],
@@ -38,8 +38,10 @@ def one_run() -> tuple[int, int, int, float]:
     seconds = time.monotonic() - start
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
+    log.write_text(proc.stdout + "\n" + proc.stderr)
     if proc.returncode != 0:
-        print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
+        failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "E "))]
+        print(*failures[:40], f"(whole output: {log})", sep="\n")
     return (
         counts.get("passed", 0),
         counts.get("failed", 0) + counts.get("error", 0),
@@ -55,12 +57,14 @@ def main() -> int:
         "--busy", type=int, default=os.cpu_count() or 2, help="busy-loop processes (default: cores)"
     )
     ap.add_argument("--write", action="store_true", help="write the table into docs/reliability.md")
+    ap.add_argument("--logs", type=Path, default=Path("/tmp/drills-under-load"), help="each run's output")
     args = ap.parse_args()
     loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy)]
     rows, failed_runs = [], 0
     try:
         for run in range(1, args.runs + 1):
-            passed, failed, skipped, seconds = one_run()
+            args.logs.mkdir(parents=True, exist_ok=True)
+            passed, failed, skipped, seconds = one_run(args.logs / f"run{run}.log")
             failed_runs += failed > 0
             rows.append(f"| {run} | {passed} | {failed} | {skipped} | {seconds:.0f} |")
             print(rows[-1], flush=True)

@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 from benchdoc import update_section  # noqa: E402
 
 from vlmchallenge.models.adapters import apply_adapters  # noqa: E402
+from vlmchallenge.models.architectures import shipped_config  # noqa: E402
 from vlmchallenge.models.config import LoraSettings, ModelConfig, QuantizationSettings  # noqa: E402
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl  # noqa: E402
+from vlmchallenge.models.families import TinyModelSpec, ensure_tiny  # noqa: E402
 from vlmchallenge.training.answer_loss import answer_forward  # noqa: E402
-from vlmchallenge.training.architectures import shipped_config  # noqa: E402
 from vlmchallenge.training.vram_math import GIB, FootprintInputs, architecture_from_config, estimate  # noqa: E402
 
 MODELS = ["Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"]
@@ -118,7 +118,7 @@ def main() -> None:
     targets = ["tiny"] if a.smoke else MODELS
     for name in targets:
         if a.smoke:
-            path = str(ensure_tiny_qwen2vl(TinyModelSpec(), work / "models"))
+            path = str(ensure_tiny(TinyModelSpec(), work / "models"))
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(path)

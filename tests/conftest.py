@@ -52,9 +52,19 @@ SLOW_MODULES = {
     "test_remote_shards", "test_serving", "test_serving_faults", "test_shared_builds", "test_sweeps", "test_train",
     "test_training_crash",
 }  # fmt: skip
-SLOW_FIXTURES = {"two_class_run", "default_run", "crash_runs", "chain", "local_sweep", "tiny", "tiny_path"}
+SLOW_FIXTURES = {
+    "two_class_run",
+    "default_run",
+    "crash_runs",
+    "chain",
+    "local_sweep",
+    "tiny",
+    "tiny_path",
+    "built",
+}
 SLOW_TESTS = {
-    "test_cli_prints_a_plan_without_downloading", "test_callback_sets_micro_batch_and_accumulation_before_loaders",
+    "test_cli_prints_a_plan_without_downloading", "test_the_cli_states_each_familys_qlora_policy_and_moe_counts",
+    "test_callback_sets_micro_batch_and_accumulation_before_loaders",
     "test_the_vram_cli_plans_per_rank", "test_cli_with_hub_unreachable_fails_after_one_attempt_before_any_data_work",
     "test_train_users_without_recordings_refuse_before_the_model_is_built", "test_deterministic_and_reused",
     "test_a_training_run_survives_a_bit_flipped_shard_logs_the_skips_and_stops_past_the_threshold",

@@ -11,9 +11,9 @@ from transformers.utils import is_flash_attn_2_available
 
 from vlmchallenge.models.attention import choose_attention
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.families import TinyModelSpec
 from vlmchallenge.models.liger import choose_liger
 from vlmchallenge.models.loader import load_base_model, resolve_pretrained
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 
 AMPERE, TURING = (8, 0), (7, 5)
 

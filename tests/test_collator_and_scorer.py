@@ -10,11 +10,10 @@ from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.models.adapters import apply_adapters
 from vlmchallenge.models.collator import IGNORE_INDEX, Example, PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig
+from vlmchallenge.models.families import FAMILIES, TinyModelSpec
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_base_model, load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
-from vlmchallenge.models.video_geometry import vision_tokens
 
 # Both frame sizes used below lie on the 28-px grid inside [min_pixels, max_pixels], so the processor keeps them:
 # 84x112 -> (4/2) x 3 x 4 = 24 vision tokens per 4-frame clip, 56x112 -> (4/2) x 2 x 4 = 16.
@@ -88,7 +87,7 @@ def test_prompt_batches_are_left_padded_and_token_counts_follow_the_sampler(tiny
     tok = processor.tokenizer
     batch = PromptCollator(processor, PromptBuilder())(clips([0, 1], sizes=[LARGE, SMALL]))
     # frames kept at their size (no upscaling), so the smaller clip has fewer vision tokens ...
-    assert vision_tokens(batch["video_grid_thw"]).tolist() == [24, 16]
+    assert FAMILIES["qwen2_vl"].geometry.tokens(batch["video_grid_thw"]).tolist() == [24, 16]
     video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert (ids == video_pad).sum(1).tolist() == [24, 16]

@@ -14,6 +14,8 @@ from tests.helpers.runs import CONF_DIR
 from vlmchallenge.assembly import as_dataclass
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig, OptimConfig
+from vlmchallenge.models.families import FAMILIES
+from vlmchallenge.models.loader import model_family
 
 CONF = Path(CONF_DIR)
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -30,6 +32,11 @@ def test_expected_experiments_ship():
         EXPERIMENTS
     )
     assert {"tiny_qwen2vl", "qwen2vl_2b", "qwen2vl_7b", "qwen25vl_3b", "qwen25vl_7b"} <= set(MODELS)
+    assert {"tiny_qwen3vl_cpu", "tiny_qwen35_cpu", "qwen3vl_4b_lora", "qwen35_2b_lora"} <= set(EXPERIMENTS)
+    assert {"qwen3vl_2b", "qwen3vl_4b", "qwen3vl_8b", "qwen3vl_30b_a3b"} <= set(MODELS)
+    assert {"qwen35_0p8b", "qwen35_2b", "qwen35_4b", "qwen35_9b", "tiny_qwen3vl", "tiny_qwen35"} <= set(
+        MODELS
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -43,9 +50,8 @@ def test_experiments_compose(experiment):
     as_dataclass(DataConfig, cfg.data).validate()
     if "qlora" in experiment:
         assert model.quantization.enabled and model.lora.enabled
-        assert (
-            "model.visual" in model.quantization.skip_modules and "lm_head" in model.quantization.skip_modules
-        )
+        skipped = model.for_family(model_family(model)).quantization.skip_modules
+        assert "model.visual" in skipped and "lm_head" in skipped
     if experiment.startswith("qwen"):
         assert model.pretrained.startswith("Qwen/") and model.tiny is None
         assert not model.lora.modules_to_save  # real models: plain LoRA on the LM
@@ -54,6 +60,10 @@ def test_experiments_compose(experiment):
         assert (cfg.optim.lr, cfg.dataloader.batch_size, cfg.vram.global_batch_size) == (1e-4, 2, 16)
         optimizer = as_dataclass(OptimConfig, cfg.optim).optimizer_class
         assert optimizer == ("PagedAdamW8bit" if "qlora" in experiment else "AdamW")
+        # frames on the family's token grid, and what the family forbids is not configured
+        family = model_family(model)
+        assert cfg.data.sampler.patch_factor == family.geometry.grid_px
+        model.check_family(family)
         assert model.quantization.enabled == ("qlora" in experiment)
 
 
@@ -66,6 +76,8 @@ def test_model_presets_compose(model):
         assert (preset.dtype, preset.gradient_checkpointing, preset.tiny) == ("bfloat16", True, None)
     else:
         assert preset.tiny is not None and preset.tiny.hidden_size == 64
+    # every preset names a family we support, from its shipped config or tiny spec: nothing is downloaded
+    assert model_family(preset).name in FAMILIES
 
 
 def test_hparams_search_and_debug_compose():

@@ -10,14 +10,14 @@ import torch
 
 from tests.test_collator_and_scorer import LARGE, SMALL, TINY_SAMPLER, clips
 from vlmchallenge.models.adapters import apply_adapters
+from vlmchallenge.models.architectures import model_config_for
 from vlmchallenge.models.collator import TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig, QuantizationSettings
+from vlmchallenge.models.families import TinyModelSpec
 from vlmchallenge.models.label_scorer import PROMPT_KEYS
 from vlmchallenge.models.loader import load_base_model, load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 from vlmchallenge.training.answer_loss import answer_forward
-from vlmchallenge.training.architectures import model_config_for
 from vlmchallenge.training.vram_callback import footprint_inputs
 from vlmchallenge.training.vram_math import architecture_from_config, parameter_bytes
 

@@ -27,7 +27,7 @@ from vlmchallenge.models.availability import (
     check_model_available,
 )
 from vlmchallenge.models.config import ModelConfig
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl
+from vlmchallenge.models.families import TinyModelSpec, ensure_tiny
 from vlmchallenge.utils.input_errors import EmptySplitError
 from vlmchallenge.workflows import train
 
@@ -75,7 +75,7 @@ def unreachable_hub():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """The tiny model's folder: a complete `save_pretrained` folder (config, weights, processor, tokenizer)."""
-    return ensure_tiny_qwen2vl(TinyModelSpec(), tmp_path_factory.mktemp("models"))
+    return ensure_tiny(TinyModelSpec(), tmp_path_factory.mktemp("models"))
 
 
 def hub_model(repo_id: str = HUB_ID) -> ModelConfig:

@@ -196,6 +196,17 @@ def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, 
     assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
 
 
+def what_is_left(server: LiveServer) -> str:
+    """For a failure message: the server's processes still alive (status, threads' stacks not available) and the
+    tail of its log, so a shutdown that hangs under load says where."""
+    try:
+        alive = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
+        rows = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}" for p in alive]
+    except psutil.NoSuchProcess:
+        rows = ["(main process gone)"]
+    return "alive: " + "; ".join(rows) + "\nlog tail:\n" + server.log.read_text()[-4000:]
+
+
 def no_process_left(children: list[psutil.Process]) -> list[psutil.Process]:
     _, alive = psutil.wait_procs(children, timeout=30)
     return alive
@@ -241,7 +252,7 @@ def stop_with_requests_in_flight(server: LiveServer, stop, clips, drill, fault: 
     )
     assert lost == 0, [a.status for a in answers]
     assert unanswered_at_signal >= 1  # the drill did catch requests in flight
-    assert exit_code == 0, "the main process did not exit cleanly"
+    assert exit_code == 0, f"the main process did not exit cleanly ({exit_code}); {what_is_left(server)}"
     alive = no_process_left(children)
     assert not alive, [p.info for p in alive]
     assert port_is_free(server.port)

@@ -35,7 +35,7 @@ def test_two_ranks_on_empty_folders_build_once_and_agree(tmp_path):
             futures = [ranks.submit(build_like_a_rank, str(data_dir), OVERRIDES, barrier) for _ in range(2)]
             rank0, rank1 = (f.result(timeout=600) for f in futures)
             assert rank0 == rank1, f"start {start}: the ranks saw different folders"
-            (model_dir,) = (data_dir / "models").glob("tiny_qwen2vl-*[!k]")  # the folder, not its .lock
+            (model_dir,) = (data_dir / "models").glob("tiny_qwen2_vl-*[!k]")  # the folder, not its .lock
             assert rank0["model"] == folder_digest(model_dir)
             leftovers = [p.name for p in data_dir.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
             assert leftovers == [], f"start {start}: {leftovers}"
@@ -55,7 +55,7 @@ def blocked_on_lock(pid: int, lock: Path) -> bool:
 
 
 BUILDERS = {  # a second process that wants the folder the test is building
-    "tiny model": "from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, ensure_tiny_qwen2vl as build\n"
+    "tiny model": "from vlmchallenge.models.families import TinyModelSpec, ensure_tiny as build\n"
     "print(build(TinyModelSpec(), sys.argv[1]))",
     "synthetic tree": "from vlmchallenge.data.synthetic import generate\n"
     "from tests.conftest import SMALL_SYNTHETIC\n"
@@ -70,12 +70,13 @@ def test_a_second_builder_waits_for_the_first_and_keeps_its_folder(tmp_path, wha
     first one's folder (same inode), never build or replace it."""
     from tests.conftest import SMALL_SYNTHETIC
     from vlmchallenge.data.synthetic import generate_into
-    from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec, build_tiny_qwen2vl
+    from vlmchallenge.models.families import FAMILIES, TinyModelSpec, tiny_folder
 
     if what == "tiny model":
         target = tmp_path / "models"  # the cache folder
-        folder = target / f"tiny_qwen2vl-{TinyModelSpec().fingerprint()}"
-        build_first = lambda: build_tiny_qwen2vl(TinyModelSpec(), folder)  # noqa: E731
+        spec = TinyModelSpec()
+        folder = tiny_folder(spec, target)
+        build_first = lambda: FAMILIES[spec.family].build_tiny(spec, folder)  # noqa: E731
     else:
         target = folder = tmp_path / "openpack" / "v1.0.0"
         build_first = lambda: generate_into(SMALL_SYNTHETIC, folder, workers=1)  # noqa: E731

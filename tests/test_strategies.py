@@ -12,8 +12,8 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
-from vlmchallenge.assembly import assemble, check_strategy, settings_from_config
-from vlmchallenge.models.loader import load_base_model, resolve_pretrained
+from vlmchallenge.assembly import assemble, check_family, check_strategy, settings_from_config
+from vlmchallenge.models.loader import load_base_model, model_family, resolve_pretrained
 from vlmchallenge.training.strategies import (
     AdapterFSDPStrategy,
     deepspeed_stage,
@@ -34,10 +34,23 @@ def compose(tmp_path, data_dir, *overrides):
     return compose_train(tmp_path / "run", data_dir, list(overrides), log_dir=tmp_path)
 
 
-def test_fsdp_preset_wraps_and_checkpoints_the_decoder_layers_and_vision_blocks(tmp_path, shared_data_dir):
+@pytest.mark.parametrize(
+    ("experiment", "blocks"),
+    [
+        ("tiny_cpu", ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock")),
+        ("tiny_qwen35_cpu", ("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock")),
+    ],
+)
+def test_fsdp_preset_wraps_and_checkpoints_the_decoder_layers_and_vision_blocks(
+    tmp_path, shared_data_dir, experiment, blocks
+):
+    """`trainer=fsdp` leaves `wrap` to the model family: assembly fills in the family's own blocks."""
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    cfg = compose(tmp_path, shared_data_dir, "trainer=fsdp")
+    cfg = compose(tmp_path, shared_data_dir, f"experiment={experiment}", "trainer=fsdp")
+    assert cfg.trainer.strategy.wrap is None
+    settings = settings_from_config(cfg)
+    check_family(settings, model_family(settings.model), cfg.trainer)
     strategy = hydra.utils.instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, AdapterFSDPStrategy)
     assert strategy._state_dict_type == "full" and strategy.sharding_strategy.name == "FULL_SHARD"
@@ -46,15 +59,12 @@ def test_fsdp_preset_wraps_and_checkpoints_the_decoder_layers_and_vision_blocks(
     assert isinstance(wrap, ModuleWrapPolicy) and isinstance(recompute, ModuleWrapPolicy)
 
     # the units torch's policy picks in the tiny model with its adapters: every decoder layer and vision block
-    parts = assemble(settings_from_config(cfg), "export")
+    parts = assemble(settings, "export")
     parts.module.configure_model()
     tiny = parts.settings.model.tiny
     for policy in (wrap, recompute):
         picked = Counter(type(m).__name__ for m in parts.module.modules() if policy(m, recurse=False))
-        assert picked == {
-            "Qwen2VLDecoderLayer": tiny.num_hidden_layers,
-            "Qwen2VLVisionBlock": tiny.vision_depth,
-        }
+        assert picked == {blocks[0]: tiny.num_hidden_layers, blocks[1]: tiny.vision_depth}
 
 
 def test_wrap_classes_skip_a_missing_family_and_reject_a_typo(caplog):

@@ -1,8 +1,7 @@
 """Video time encoding (docs/tiny-vlm.md §4): every path that hands frames to the processor gives it the fps
 the clip was sampled at, so a Qwen2.5-VL processor's `second_per_grid_ts` is `temporal_patch_size / fps`.
 
-The Qwen2.5-VL processor and model are built offline from the tiny model's own tokenizer, image and video
-processors and sizes. Training clips come from real shards of the synthetic tree; serving reads the same
+The Qwen2.5-VL processor and model are the family's tiny model, built offline (models/families/). Training clips come from real shards of the synthetic tree; serving reads the same
 clips' raw JPEGs through the serving engine of a real export folder."""
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ from vlmchallenge.data.pipeline import prepare
 from vlmchallenge.models.collator import Example, PromptCollator, TrainCollator
 from vlmchallenge.models.config import ModelConfig
 from vlmchallenge.models.exporter import export_model
+from vlmchallenge.models.families import TinyModelSpec
 from vlmchallenge.models.label_scorer import LabelScorer
-from vlmchallenge.models.loader import configure_video_size, load_processor, resolve_pretrained
+from vlmchallenge.models.loader import load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
 from vlmchallenge.models.video_timing import clip_duration_ms, untimed_clip_ms
 from vlmchallenge.serving.annotator import RecordingAnnotator
 from vlmchallenge.serving.inference import VLMInference, decode_image
@@ -40,69 +39,26 @@ SETTINGS = [(8, 2.0), (4, 1.0)]
 
 @pytest.fixture(scope="module")
 def tiny_path(shared_data_dir) -> str:
-    return resolve_pretrained(ModelConfig(tiny=TinyModelSpec(), cache_dir=str(shared_data_dir / "models")))
+    """The tiny Qwen2.5-VL (models/families/qwen2_vl.py), built offline like every family's tiny model."""
+    spec = TinyModelSpec(family="qwen2_5_vl")
+    return resolve_pretrained(ModelConfig(tiny=spec, cache_dir=str(shared_data_dir / "models")))
 
 
 def qwen25_processor(tiny_path: str, sampler):
-    """A Qwen2.5-VL processor from the tiny model's components (Qwen2.5-VL reuses Qwen2-VL's image and video
-    processors and tokenizer; only the processor class differs)."""
-    from transformers import Qwen2_5_VLProcessor
-
-    tiny = load_processor(tiny_path)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=tiny.image_processor,
-        video_processor=tiny.video_processor,
-        tokenizer=tiny.tokenizer,
-        chat_template=tiny.chat_template,
-    )
-    configure_video_size(processor, sampler)
-    return processor
+    return load_processor(tiny_path, sampler)
 
 
 def tiny_qwen25_model(tiny_path: str):
-    """A random tiny Qwen2.5-VL with the tiny Qwen2-VL's text sizes and token ids."""
-    from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """The tiny Qwen2.5-VL's architecture with weights larger than the default 0.02, so scores react to
+    position ids (and so to the time step)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    base = AutoConfig.from_pretrained(tiny_path, local_files_only=True)
-    text = base.text_config.to_dict()
-    text = {
-        k: text[k]
-        for k in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-            "rope_parameters",
-            "bos_token_id",
-            "eos_token_id",
-            "pad_token_id",
-        )
-    }
-    text["initializer_range"] = 0.1  # weights larger than the default 0.02: scores react to position ids
-    cfg = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=text["hidden_size"],
-            fullatt_block_indexes=[1],
-            window_size=56,
-            tokens_per_second=2,
-            initializer_range=0.1,
-        ),
-        image_token_id=base.image_token_id,
-        video_token_id=base.video_token_id,
-        vision_start_token_id=base.vision_start_token_id,
-        vision_end_token_id=base.vision_end_token_id,
-    )
+    cfg = AutoConfig.from_pretrained(tiny_path, local_files_only=True)
+    cfg.text_config.initializer_range = cfg.vision_config.initializer_range = 0.1
+    cfg.vision_config.tokens_per_second = 2
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+        return AutoModelForImageTextToText.from_config(cfg).eval()
 
 
 @dataclasses.dataclass
@@ -125,7 +81,7 @@ def case(request, data_cfg, tiny_path, tmp_path) -> Case:
     dm.setup("test")
     examples = next(iter(dm.test_dataloader()))
     assert len(examples) == 3 and all(len(ex.frames) == frames for ex in examples)
-    model_cfg = ModelConfig(tiny=TinyModelSpec())
+    model_cfg = ModelConfig(tiny=TinyModelSpec(family="qwen2_5_vl"))
     export = export_model(
         tiny_qwen25_model(tiny_path),
         qwen25_processor(tiny_path, cfg.sampler),

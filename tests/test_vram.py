@@ -12,10 +12,9 @@ import pytorch_lightning as pl
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
-from vlmchallenge.models.config import LM_LINEARS, LoraSettings, ModelConfig
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
-from vlmchallenge.models.video_geometry import vision_tokens_per_clip
-from vlmchallenge.training.architectures import model_config_for, shipped_config
+from vlmchallenge.models.architectures import model_config_for, shipped_config
+from vlmchallenge.models.config import LoraSettings, ModelConfig
+from vlmchallenge.models.families import FAMILIES, TinyModelSpec
 from vlmchallenge.training.vram_math import (
     GIB,
     DoesNotFitError,
@@ -33,6 +32,18 @@ PRESETS = {
     "Qwen/Qwen2.5-VL-3B-Instruct": (3_754_622_976, 668_684_288, 14_966_784),
     "Qwen/Qwen2.5-VL-7B-Instruct": (8_292_166_656, 676_550_144, 20_185_088),
 }
+# docs/families.md §5: the released safetensors totals (Qwen3.5: less the multi-token-prediction head, which
+# transformers does not build) and the vision towers with their mergers
+NEW_PRESETS = {
+    "Qwen/Qwen3-VL-2B-Instruct": (2_127_532_032, 406_957_056),
+    "Qwen/Qwen3-VL-4B-Instruct": (4_437_815_808, 415_347_712),
+    "Qwen/Qwen3-VL-8B-Instruct": (8_767_123_696, 576_388_336),
+    "Qwen/Qwen3-VL-30B-A3B-Instruct": (31_070_754_032, 538_631_408),
+    "Qwen/Qwen3.5-0.8B": (873_438_784 - 20_452_864, 100_592_896),
+    "Qwen/Qwen3.5-2B": (2_274_069_824 - 60_828_160, 331_416_576),
+    "Qwen/Qwen3.5-4B": (4_659_865_088 - 120_599_552, 333_514_240),
+    "Qwen/Qwen3.5-9B": (9_653_104_368 - 243_290_624, 456_010_480),
+}
 
 
 @pytest.mark.parametrize("hub_id", sorted(PRESETS))
@@ -40,7 +51,19 @@ def test_exact_parameter_counts_of_the_presets(hub_id):
     total, vision, lora_r8 = PRESETS[hub_id]
     arch = architecture_from_config(shipped_config(hub_id))
     assert (arch.total, arch.vision) == (total, vision)
-    assert lora_trainable_params(arch, LM_LINEARS, 8, []) == lora_r8
+    assert lora_trainable_params(arch, None, 8, []) == lora_r8
+
+
+@pytest.mark.parametrize("hub_id", sorted(NEW_PRESETS))
+def test_exact_parameter_counts_of_the_current_family_presets(hub_id):
+    total, vision = NEW_PRESETS[hub_id]
+    arch = architecture_from_config(shipped_config(hub_id))
+    assert (arch.total, arch.vision) == (total, vision)
+    if "A3B" in hub_id:  # 128 routed experts of 3 x 2048 x 768 per layer, 8 used per token, 48 layers
+        assert arch.experts == 128 * 48 * 3 * 2048 * 768
+        assert arch.active == total - 120 * 48 * 3 * 2048 * 768 == 3_891_664_112
+    else:
+        assert (arch.experts, arch.active) == (0, total)
 
 
 @pytest.mark.parametrize("modules_to_save", [[], ["lm_head"], ["merger", "lm_head", "embed_tokens"]])
@@ -56,7 +79,7 @@ def test_lora_counts_equal_what_peft_reports(shared_data_dir, modules_to_save):
     model = apply_adapters(load_base_model(cfg, resolve_pretrained(cfg)), cfg)
     trainable, _ = model.get_nb_trainable_parameters()
     arch = architecture_from_config(model_config_for(cfg))
-    assert lora_trainable_params(arch, LM_LINEARS, 8, modules_to_save) == trainable
+    assert lora_trainable_params(arch, None, 8, modules_to_save) == trainable
 
 
 @functools.cache
@@ -160,8 +183,9 @@ def test_error_lists_largest_terms_and_remedies():
 
 
 def test_vision_tokens_follow_qwen_geometry():
-    assert vision_tokens_per_clip(8, 308, 140) == 4 * 5 * 11
-    assert vision_tokens_per_clip(7, 224, 224) == 4 * 8 * 8  # odd counts repeat the last frame
+    tokens = FAMILIES["qwen2_vl"].geometry.tokens_per_clip
+    assert tokens(8, 308, 140) == 4 * 5 * 11
+    assert tokens(7, 224, 224) == 4 * 8 * 8  # odd counts repeat the last frame
 
 
 @pytest.fixture
@@ -239,6 +263,35 @@ def test_cli_prints_a_plan_without_downloading(tmp_path):
         assert f"{name} │ {count:,}" in out, (name, proc.stdout)
     assert "language model" in out and "trainable" in out
     assert (tmp_path / "vram.png").stat().st_size > 0
+    assert "family: Qwen2-VL (time encoding: none; 4-bit QLoRA: allowed" in out
+
+
+def run_vram(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vlmchallenge.vram", *overrides, "vram.budget_gib=80"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_the_cli_states_each_familys_qlora_policy_and_moe_counts(tmp_path):
+    """Qwen3.5 refuses 4-bit and says why; the MoE preset shows its routed experts and active parameters."""
+    hybrid = run_vram("experiment=qwen35_2b_lora", f"hydra.run.dir={tmp_path}/a")
+    assert hybrid.returncode == 0, hybrid.stderr[-3000:]
+    out = " ".join(hybrid.stdout.split())
+    assert "family: Qwen3.5 (time encoding: text-timestamps; 4-bit QLoRA: refused - Unsloth" in out
+    refused = run_vram(
+        "experiment=qwen35_2b_lora", "model.quantization.enabled=true", f"hydra.run.dir={tmp_path}/b"
+    )
+    assert refused.returncode != 0
+    assert "Qwen3.5 is not trained in 4-bit here" in " ".join(refused.stderr.split())
+    moe = run_vram("experiment=qwen3vl_4b_lora", "model=qwen3vl_30b_a3b", f"hydra.run.dir={tmp_path}/c")
+    assert moe.returncode == 0, moe.stderr[-3000:]
+    out = " ".join(moe.stdout.split())
+    total, _ = NEW_PRESETS["Qwen/Qwen3-VL-30B-A3B-Instruct"]
+    assert f"total │ {total:,}" in out and "active per token (MoE) │ 3,891,664,112" in out
 
 
 @pytest.mark.parametrize(

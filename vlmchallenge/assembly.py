@@ -9,7 +9,7 @@ afterwards: `fit` builds a training collator, an optimizer config, the configure
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
 from vlmchallenge.models.exporter import read_export_meta
-from vlmchallenge.models.loader import load_processor, resolve_pretrained
+from vlmchallenge.models.families import Family
+from vlmchallenge.models.loader import load_processor, model_family, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
 from vlmchallenge.training.checkpoint_io import with_atomic_checkpoints
 from vlmchallenge.training.config import DataLoaderConfig
@@ -65,8 +66,10 @@ class RunSettings:
         self.model.validate()
         self.dataloader.validate()
 
-    def class_prompt(self) -> PromptBuilder:
-        return self.prompt or PromptBuilder(operation_names(include_null=self.data.clips.keep_null))
+    def class_prompt(self, family: Family) -> PromptBuilder:
+        """The saved prompt, or the OpenPack operations; rendered with the family's chat-template arguments."""
+        prompt = self.prompt or PromptBuilder(operation_names(include_null=self.data.clips.keep_null))
+        return replace(prompt, template_kwargs=dict(family.chat_template_kwargs))
 
 
 def settings_from_config(cfg: DictConfig) -> RunSettings:
@@ -118,7 +121,7 @@ def settings_from_checkpoint(
     )
 
 
-SAMPLER_KEYS = ("num_frames", "max_pixels", "min_pixels", "crop_top", "strategy")
+SAMPLER_KEYS = ("num_frames", "max_pixels", "min_pixels", "crop_top", "strategy", "patch_factor")
 
 
 def settings_from_export(export_dir: str | Path, cfg: DictConfig) -> RunSettings:
@@ -184,6 +187,23 @@ def check_strategy(settings: RunSettings, trainer: DictConfig | None) -> None:
         )
 
 
+def check_family(settings: RunSettings, family: Family, trainer: DictConfig | None = None) -> None:
+    """What the model family requires of the run, checked before any weights load: its QLoRA policy, frames
+    cut on its token grid (a 28-px grid under a 32-px family would be resized again by the processor), and,
+    under FSDP without an explicit `trainer.strategy.wrap`, the family's blocks to wrap."""
+    settings.model.check_family(family)
+    strategy = trainer.get("strategy") if trainer is not None else None
+    if strategy_kind(strategy) == "fsdp" and strategy.get("wrap") is None:
+        strategy.wrap = family.fsdp_wrap_paths()  # the blocks transformers never splits, of this family
+    grid = family.geometry.grid_px
+    if settings.data.sampler.patch_factor != grid:
+        raise ValueError(
+            f"data.sampler.patch_factor={settings.data.sampler.patch_factor}, but {family} cuts frames into "
+            f"{grid}-px tokens (patch {family.geometry.patch} x merge {family.geometry.merge}): set "
+            f"data.sampler.patch_factor={grid} (and prepare shards with it)"
+        )
+
+
 @dataclass
 class Components:
     settings: RunSettings
@@ -223,8 +243,10 @@ def assemble(
             raise EmptySplitError("data.splits.train is empty: list at least one training user in it")
     # before any data work: a model that cannot be had fails now (docs/reliability-inputs.md §2)
     rank_zero_info(f"model: {check_model_available(settings.model)}")
+    family = model_family(settings.model)
+    check_family(settings, family, trainer)
     processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler)
-    prompt = settings.class_prompt()
+    prompt = settings.class_prompt(family)
     datamodule = ShardDataModule(
         settings.data,
         settings.dataloader,

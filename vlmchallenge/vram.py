@@ -1,4 +1,4 @@
-"""`python -m vlmchallenge.vram +experiment=qwen2vl_7b_qlora vram.budget_gib=24`: the predicted peak memory,
+"""`python -m vlmchallenge.vram experiment=<a preset of conf/experiment> vram.budget_gib=24`: the predicted peak memory,
 term by term, and the micro-batch / accumulation plan; nothing is downloaded (presets ship their configs)."""
 
 from __future__ import annotations

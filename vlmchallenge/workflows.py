@@ -28,10 +28,9 @@ from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
 from vlmchallenge.data.pipeline import PrepareResult, merge_jobs, prepare
 from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 from vlmchallenge.evaluation.report import build_report
+from vlmchallenge.models.architectures import model_config_for
 from vlmchallenge.models.exporter import export_model
-from vlmchallenge.models.loader import resolve_pretrained
-from vlmchallenge.models.video_geometry import vision_tokens_per_clip
-from vlmchallenge.training.architectures import model_config_for
+from vlmchallenge.models.loader import model_family, resolve_pretrained
 from vlmchallenge.training.resume import find_latest_checkpoint
 from vlmchallenge.training.vram_callback import footprint_inputs
 from vlmchallenge.training.vram_math import GIB, BatchPlan, architecture_from_config, plan_batches
@@ -258,15 +257,18 @@ def plan_memory(cfg: DictConfig) -> BatchPlan:
     synthetic = cfg.data.get("synthetic")
     size = cfg.vram.source_frame_size or ([synthetic.width, synthetic.height] if synthetic else [1280, 720])
     w, h = FrameSampler(sampler).output_size(*size)
-    vision = vision_tokens_per_clip(sampler.num_frames, w, h)
-    inputs = footprint_inputs(model, optim, vision + cfg.vram.text_tokens, vision)
+    family = model_family(model)
+    model.check_family(family)
+    vision = family.geometry.tokens_per_clip(sampler.num_frames, w, h)
+    text = cfg.vram.text_tokens + family.time_text_tokens(sampler.num_frames)
+    inputs = footprint_inputs(model, optim, vision + text, vision)
     arch = architecture_from_config(model_config_for(model))
     devices = cfg.trainer.get("devices", 1)
     world = (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes") or 1)
     # as the VRAMPlanner callback does: the global batch is split over the ranks, each rank plans its share
     global_batch = cfg.vram.global_batch_size or cfg.dataloader.batch_size * world
     plan = plan_batches(arch, inputs, int(cfg.vram.budget_gib * GIB), global_batch, world, cfg.vram.margin)
-    print_plan(model.name, inputs, plan)
+    print_plan(model.name, inputs, plan, family)
     if cfg.vram.chart:
         breakdown_png({f"b={plan.micro_batch}": plan.terms}, Path(cfg.vram.chart))
     return plan

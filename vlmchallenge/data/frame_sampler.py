@@ -2,10 +2,10 @@
 
 - `uniform`: `num_frames` at the centres of equal sub-intervals of the clip (nearest frame by timestamp).
 - `fps`: one frame every 1/`fps` s, capped at `max_frames` (spread uniformly when capped), rounded down to an
-  even count because Qwen2-VL merges frames in temporal pairs.
+  even count because every supported family merges frames in temporal pairs.
 Frames are cropped (the burned-in timestamp band at the top, `crop_top` of the height), then resized keeping
-aspect to Qwen2-VL's geometry (`smart_resize`: sides multiples of 28 inside [min_pixels, max_pixels]), so the
-processor never resizes again and token counts are predictable.
+aspect onto the model family's token grid (sides multiples of `patch_factor` inside [min_pixels, max_pixels]), so
+the processor never resizes again and token counts are predictable.
 """
 
 from __future__ import annotations
@@ -19,11 +19,29 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-# Qwen2-VL's own resize rule, so our frames are exactly what its processor would produce (and never resized
-# again). Imported at module level so worker processes forked from the parent don't each re-import transformers.
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
 from vlmchallenge.data.frame_source import FrameReader
+
+
+def per_frame_size(
+    height: int, width: int, grid_px: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """(h, w) keeping aspect: sides multiples of `grid_px`, area inside [min_pixels, max_pixels].
+
+    The per-frame rule of the families' processors (transformers' `smart_resize` of the per-frame image
+    processors), written here because the data layer comes before the models layer; a test holds it equal to
+    the library's function over many sizes (tests/test_families.py), so a processor given the same bounds keeps
+    such frames as they are."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"frame {width}x{height}: aspect ratio above 200 cannot be cut into tokens")
+    h, w = round(height / grid_px) * grid_px, round(width / grid_px) * grid_px
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(grid_px, math.floor(height / beta / grid_px) * grid_px)
+        w = max(grid_px, math.floor(width / beta / grid_px) * grid_px)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / grid_px) * grid_px, math.ceil(width * beta / grid_px) * grid_px
+    return h, w
 
 
 @dataclass
@@ -34,7 +52,9 @@ class SamplerConfig:
     max_frames: int = 16
     max_pixels: int = 112 * 112
     min_pixels: int = 56 * 56
-    patch_factor: int = 28  # Qwen2-VL: patch 14 x spatial merge 2
+    # one token's width in pixels, patch x spatial merge: 28 or 32 by family (docs/families.md §3); training
+    # checks it against the model's family before any weights load
+    patch_factor: int = 28
     crop_top: float = 0.1  # fraction of the height removed at the top (OpenPack's timestamp overlay)
     jpeg_quality: int = 90
 
@@ -88,16 +108,12 @@ class FrameSampler:
     # ------------------------------------------------------------ geometry
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(w, h) after cropping the top band and Qwen2-VL's smart resize."""
+        """(w, h) after cropping the top band and resizing onto the token grid."""
         key = (width, height)
         if key not in self._sizes:
             cropped_h = height - round(self.cfg.crop_top * height)
-            h, w = smart_resize(
-                cropped_h,
-                width,
-                factor=self.cfg.patch_factor,
-                min_pixels=self.cfg.min_pixels,
-                max_pixels=self.cfg.max_pixels,
+            h, w = per_frame_size(
+                cropped_h, width, self.cfg.patch_factor, self.cfg.min_pixels, self.cfg.max_pixels
             )
             self._sizes[key] = (w, h)
         return self._sizes[key]
@@ -110,7 +126,7 @@ class FrameSampler:
     def process(self, image: Image.Image, source_size: tuple[int, int] | None = None) -> np.ndarray:
         """Crop the top band and resize one frame -> uint8 (H, W, 3). `source_size` is the undrafted size.
 
-        torchvision's antialiased bicubic is the resize the Qwen2-VL fast processors use, and several times
+        torchvision's antialiased bicubic is the resize transformers' fast video processors use, and several times
         faster than PIL's at these sizes (the resize was the largest cost after decoding, docs/benchmarks.md).
         """
         w_out, h_out = self.output_size(*(source_size or image.size))

@@ -13,6 +13,7 @@ from collections import Counter
 import torch
 
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def prepare_quantized_base(model, gradient_checkpointing: bool):
     """What QLoRA needs of a 4-bit base, without PEFT's blanket fp32 upcast: freeze it and (optionally) enable
     gradient checkpointing. The frozen norms stay in the compute dtype too: their weights come from a 16-bit
-    checkpoint, Qwen2-VL's RMSNorm already computes its statistics in fp32, and an fp32 norm weight would promote
+    checkpoint, the families' RMSNorms already compute its statistics in fp32, and an fp32 norm weight would promote
     every activation after it to fp32 (LLaMA-Factory's `upcast_layernorm` is off by default; docs/vram.md §1.1)."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -40,6 +41,7 @@ def apply_adapters(model, cfg: ModelConfig):
     """LoRA (or QLoRA on a 4-bit base) per `cfg.lora`; returns the model to train."""
     from peft import LoraConfig, get_peft_model
 
+    cfg = cfg.for_family(family_of(model.config))
     if cfg.quantization.enabled:
         model = prepare_quantized_base(model, cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.families import DEFAULT_TINY_FAMILY, FAMILIES
 from vlmchallenge.utils.input_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def check_hub_id(ref: str) -> None:
     except HFValidationError as e:
         raise ModelUnavailableError(
             f"model.pretrained={ref}: no such folder ({Path(ref).absolute()}), and not a hub id ({e}). Set "
-            "model.pretrained to a hub id such as Qwen/Qwen2-VL-2B-Instruct or to an existing folder "
+            f"model.pretrained to a hub id such as {FAMILIES[DEFAULT_TINY_FAMILY].example_hub_id} or to an existing folder "
             "(model.pretrained=/local/dir)"
         ) from None
 

@@ -4,7 +4,7 @@
   (class name + `<|im_end|>`), found at the end of each row and checked against the answer's own tokenisation.
 - `PromptCollator`: prompt only, left padding (for scoring and batched generation).
 Both run the processor inside DataLoader workers, and give it each clip's sampled fps as `video_metadata`
-(from the clip's span in `Example.meta`; docs/tiny-vlm.md §4): Qwen2.5-VL's time encoding depends on it.
+(from the clip's span in `Example.meta`; docs/tiny-vlm.md §4): every family's time encoding depends on it.
 """
 
 from __future__ import annotations

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlmchallenge.models.attention import choose_attention
+from vlmchallenge.models.families.tiny_spec import TinyModelSpec
 from vlmchallenge.models.liger import normalise as normalise_liger
-from vlmchallenge.models.tiny_qwen2vl import TinyModelSpec
-
-# LoRA on the language model's linear layers only: a regex, because the vision towers of other families (and
-# Qwen2.5-VL's vision MLP) reuse the names q_proj/.../down_proj (docs/tiny-vlm.md §1).
-LM_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 @dataclass
@@ -20,20 +17,23 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: str = LM_LINEARS
+    # a PEFT regex; null: the model family's language-model linears (models/families/, docs/families.md)
+    target_modules: str | None = None
     modules_to_save: list[str] = field(default_factory=list)  # trained in full beside the adapter
     bias: str = "none"
 
 
 @dataclass
 class QuantizationSettings:
-    """bitsandbytes 4-bit (QLoRA). The vision tower and lm_head stay 16/32-bit (skip names are full prefixes)."""
+    """bitsandbytes 4-bit (QLoRA). The vision tower and lm_head stay 16/32-bit (skip names are full prefixes).
+    Allowed only where the model family's QLoRA policy allows it (docs/families.md)."""
 
     enabled: bool = False
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
-    skip_modules: list[str] = field(default_factory=lambda: ["model.visual", "lm_head"])
+    # null: the family's vision tower and lm_head (`Family.vram.vision_prefix`)
+    skip_modules: list[str] | None = None
     # the dtype the packed 4-bit weights are stored in; null: bitsandbytes' uint8. FSDP shards only float tensors
     # of one dtype per block, so under FSDP assembly sets it to the compute dtype (docs/scaling.md §3)
     quant_storage: str | None = None
@@ -41,7 +41,7 @@ class QuantizationSettings:
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny_qwen2vl"
+    name: str = "tiny"
     # A hub id (downloaded only because you named it) or a local checkpoint folder. Null with `tiny` set: the
     # tiny model is built into `cache_dir` once and loaded from there through the same Auto* loader.
     pretrained: str | None = None
@@ -54,6 +54,24 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+
+    def for_family(self, family) -> ModelConfig:
+        """A copy with what this config leaves null filled from the model family (`models/families/`): the LoRA
+        targets and the modules kept out of 4-bit. Each default lives with its family."""
+        out = copy.deepcopy(self)
+        if out.lora.target_modules is None:
+            out.lora.target_modules = family.lora_targets
+        if out.quantization.skip_modules is None:
+            out.quantization.skip_modules = family.kept_out_of_4bit
+        return out
+
+    def check_family(self, family) -> None:
+        """Refuse what the family's policy forbids, before any weights load."""
+        if self.quantization.enabled and not family.qlora.allowed:
+            raise ValueError(
+                f"model.quantization.enabled=true: {family} is not trained in 4-bit here: {family.qlora.why}. "
+                "Set model.quantization.enabled=false (bf16 LoRA)"
+            )
 
     def validate(self) -> None:
         if (self.pretrained is None) == (self.tiny is None):

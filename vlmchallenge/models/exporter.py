@@ -23,6 +23,7 @@ from vlmchallenge import __version__
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.families import family_of
 from vlmchallenge.models.loader import configure_video_size, load_base_model
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.utils.atomic import atomic_directory
@@ -63,7 +64,7 @@ def export_model(
         else:
             merged = model
         merged.to(torch.device("cpu")).save_pretrained(tmp)
-        configure_video_size(processor, data_cfg.sampler)
+        configure_video_size(processor, data_cfg.sampler, family_of(merged.config))
         processor.save_pretrained(tmp)
         label_map = [
             {"index": i, "id": NAME_TO_CLASS[name].id, "name": name}

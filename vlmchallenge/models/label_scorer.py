@@ -1,9 +1,12 @@
 """Rank the class names as continuations of the prompt: per-class log-likelihoods, so the prediction is always
 a valid class and probabilities come for free (mAP, calibration).
 
-The prompt (video + question) is encoded once; its KV cache is repeated K times and the K answers are scored in
+The prompt (video + question) is encoded once; its cache is repeated K times and the K answers are scored in
 one batched pass (docs/learnability.md §3: 10-20x faster than a forward per class, equal within 1e-5).
-Answers are plain text, so all three M-RoPE rows continue at `prompt_len + rope_delta`.
+- The cache is repeated with `Cache.reorder_cache`, which copies every layer's state row: keys and values, and
+  the convolution and recurrent state of a hybrid model's linear-attention layers (docs/families.md §4).
+- Answers are plain text, so under M-RoPE all position rows continue at `prompt_len + rope_delta`; under plain
+  RoPE at `prompt_len` (the family says which: `Family.mrope_rows`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from collections import defaultdict
 
 import torch
 
+from vlmchallenge.models.families import family_of
 from vlmchallenge.models.prompt import PromptBuilder
 
-# `second_per_grid_ts`: Qwen2.5-VL's per-clip time step (models/video_timing.py); Qwen2-VL processors omit it.
+# `second_per_grid_ts`: the per-clip time step of M-RoPE-seconds families (models/video_timing.py); others omit it.
 PROMPT_KEYS = (
     "input_ids",
     "attention_mask",
@@ -26,11 +30,21 @@ PROMPT_KEYS = (
 
 
 def _rope_deltas(model) -> torch.Tensor:
-    for m in model.modules():  # Qwen2VLModel keeps them after a prompt forward; PEFT wraps it deeper
+    for m in model.modules():  # the inner VLM model keeps them after a prompt forward; PEFT wraps it deeper
         deltas = getattr(m, "rope_deltas", None)
         if isinstance(deltas, torch.Tensor):
             return deltas
-    raise RuntimeError("model exposes no rope_deltas after the prompt forward (not a Qwen2-VL family model?)")
+    raise RuntimeError("an M-RoPE model exposed no rope_deltas after the prompt forward")
+
+
+def answer_positions(model, prompt_len: int, steps: int, rows: int, repeats: int) -> torch.Tensor:
+    """Position ids of the answer tokens after a prompt of `prompt_len` (one batch row per clip and class)."""
+    device = next(model.parameters()).device
+    positions = (prompt_len + torch.arange(steps, device=device))[None]
+    if rows == 1:
+        return positions
+    deltas = _rope_deltas(model).to(device).reshape(-1, 1).repeat_interleave(repeats, 0)
+    return (positions + deltas)[None].expand(rows, -1, -1)
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:
@@ -81,16 +95,15 @@ class LabelScorer:
         out = model(**{key: enc[key] for key in PROMPT_KEYS if key in enc}, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(k, 0)  # (B*K, V)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        cache.batch_repeat_interleave(k)
+        cache.reorder_cache(torch.arange(b, device=device).repeat_interleave(k))  # row b*K + k: clip b
         answers = self.answers.to(device).repeat(b, 1)  # row b*K + k is answer k
         lengths = self.lengths.to(device).repeat(b)
         steps = answers.shape[1]
-        deltas = _rope_deltas(model).to(device).reshape(b, 1).repeat_interleave(k, 0)
-        positions = (prompt_len + torch.arange(steps, device=device))[None] + deltas
+        rows = family_of(model.config).mrope_rows
         logits = (
             model(
                 input_ids=answers,
-                position_ids=positions[None].expand(3, -1, -1),
+                position_ids=answer_positions(model, prompt_len, steps, rows, k),
                 cache=cache,
                 use_cache=False,
             )

@@ -1,8 +1,8 @@
-"""Optional Liger (Triton) kernels for Qwen2-VL and Qwen2.5-VL (docs/tiny-vlm.md §5).
+"""Optional Liger (Triton) kernels, for the families that name a Liger patch (`Family.liger`; docs/tiny-vlm.md §5).
 
 `model.liger`: off | auto | on. Where the `liger-kernel` package, a CUDA device or a supported model type is
 missing, the model loads without them and one log line says why. Liger's fused linear cross-entropy stays off:
-its Qwen2-VL forward (liger_kernel/transformers/model/qwen2_vl.py, 0.8.5) ignores `logits_to_keep` and would
+its VLM forwards (liger_kernel/transformers/model/, 0.8.5) ignore `logits_to_keep` and would
 project every position onto the vocabulary, undoing the answer-only logits of training/answer_loss.py.
 """
 
@@ -14,15 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from vlmchallenge.models.families import FAMILIES, LigerPatch
+
 log = logging.getLogger(__name__)
 
 SETTINGS = {"off": "off", "false": "off", "auto": "auto", "on": "on", "true": "on"}
-# model_type -> the liger_kernel.transformers function that patches it
-APPLY_FUNCTIONS = {
-    "qwen2_vl": "apply_liger_kernel_to_qwen2_vl",
-    "qwen2_5_vl": "apply_liger_kernel_to_qwen2_5_vl",
-}
-# everything but the loss: RoPE, RMSNorm, SwiGLU (and the vision LayerNorm for Qwen2-VL)
+# everything but the loss: RoPE, RMSNorm, SwiGLU (plus what a family's patch adds, `LigerPatch.extra_kernels`)
 KERNELS = {
     "rope": True,
     "rms_norm": True,
@@ -30,6 +27,17 @@ KERNELS = {
     "cross_entropy": False,
     "fused_linear_cross_entropy": False,
 }
+
+
+def liger_patch(model_type: str) -> LigerPatch | None:
+    for family in FAMILIES.values():
+        if model_type in family.model_types and family.liger is not None:
+            return family.liger
+    return None
+
+
+def patched_types() -> list[str]:
+    return [t for f in FAMILIES.values() if f.liger is not None for t in f.model_types]
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ def normalise(setting) -> str:
 
 
 def choose_liger(setting, installed: bool, cuda: bool, model_type: str) -> LigerChoice:
+    """`model_type`: the checkpoint's config.model_type; its family says which Liger patch applies, if any."""
     requested = normalise(setting)
     if requested == "off":
         return LigerChoice(requested, None)
@@ -60,12 +69,12 @@ def choose_liger(setting, installed: bool, cuda: bool, model_type: str) -> Liger
         reason = "the liger-kernel package is not installed (pip install 'vlmchallenge[liger]')"
     elif not cuda:
         reason = "the model does not load on a CUDA device (Liger's kernels are Triton, CUDA only)"
-    elif model_type not in APPLY_FUNCTIONS:
+    elif (patch := liger_patch(model_type)) is None:
         reason = (
-            f"model type {model_type!r} has no Liger patch here (supported: {', '.join(APPLY_FUNCTIONS)})"
+            f"model type {model_type!r} has no Liger patch here (supported: {', '.join(patched_types())})"
         )
     else:
-        return LigerChoice(requested, APPLY_FUNCTIONS[model_type])
+        return LigerChoice(requested, patch.apply)
     return LigerChoice(requested, None, reason)
 
 
@@ -80,9 +89,7 @@ def maybe_apply_liger(model, setting, device: str | torch.device) -> LigerChoice
     if choice.apply:
         import liger_kernel.transformers as lk
 
-        kernels = dict(KERNELS)
-        if choice.apply == "apply_liger_kernel_to_qwen2_vl":
-            kernels["layer_norm"] = True
+        kernels = dict(KERNELS) | dict.fromkeys(liger_patch(model.config.model_type).extra_kernels, True)
         getattr(lk, choice.apply)(model=model, **kernels)
         log.info(choice.message)
     elif choice.requested != "off":

@@ -1,7 +1,8 @@
 """One loader for every model: a hub id, a local checkpoint folder, or the tiny model's cache folder.
 
-`AutoProcessor` + `AutoModelForImageTextToText` always; the tiny default is only *built* differently
-(`tiny_qwen2vl.ensure_tiny_qwen2vl`), never loaded differently.
+`AutoProcessor` + `AutoModelForImageTextToText` always; a tiny model is only *built* differently (by its family's
+builder, `families.ensure_tiny`), never loaded differently. The checkpoint's own config names its family
+(`model_family`), which says how its processor must be told to keep our frames.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.models.attention import resolve_attention
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.families import Family, ensure_tiny, family_named, family_of
 from vlmchallenge.models.liger import maybe_apply_liger
-from vlmchallenge.models.tiny_qwen2vl import ensure_tiny_qwen2vl
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +27,47 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
     """The folder or hub id to load; builds the tiny model on first use."""
     cfg.validate()
     if cfg.tiny is not None:
-        return str(ensure_tiny_qwen2vl(cfg.tiny, cfg.cache_dir))
+        return str(ensure_tiny(cfg.tiny, cfg.cache_dir))
     return cfg.pretrained
+
+
+def family_at(path_or_id: str) -> Family:
+    """The family of a folder or hub id, from its `config.json` (for a hub id: that file only)."""
+    from transformers import AutoConfig
+
+    return family_of(AutoConfig.from_pretrained(path_or_id, local_files_only=_local(path_or_id)), path_or_id)
+
+
+def model_family(cfg: ModelConfig) -> Family:
+    """The family `cfg` loads, without loading weights: a tiny spec names it; a checkpoint's config does (a
+    preset's shipped config, so planning downloads nothing)."""
+    from vlmchallenge.models.architectures import model_config_for
+
+    cfg.validate()
+    if cfg.tiny is not None:
+        return family_named(cfg.tiny.family, "model.tiny.family")
+    return family_of(model_config_for(cfg), f"model.pretrained={cfg.pretrained}")
 
 
 def _local(path_or_id: str) -> bool:
     return Path(path_or_id).is_dir()
 
 
-def configure_video_size(processor, sampler: SamplerConfig) -> None:
-    """Make the processor keep our frames as they are: the sampler already resized them onto the 28-px grid.
+def configure_video_size(processor, sampler: SamplerConfig, family: Family) -> None:
+    """Make the processor keep our frames as they are: the sampler already resized them onto the family's grid.
 
-    Without this a Qwen2-VL processor upscales anything under its default 100,352 px per frame
-    (docs/tiny-vlm.md §3) and the vision-token count silently grows."""
-    size = {"shortest_edge": sampler.min_pixels, "longest_edge": sampler.max_pixels}
-    processor.video_processor.size = size
-    if hasattr(processor.video_processor, "do_sample_frames"):
-        processor.video_processor.do_sample_frames = False  # never drop frames we chose
+    Without this a processor upscales frames under its default budget (docs/tiny-vlm.md §3) and the vision-token
+    count silently grows, and a re-sampling one (`do_sample_frames`) drops the frames we chose and writes
+    timestamps for frames we never sent (docs/families.md §2)."""
+    video = processor.video_processor
+    max_frames = sampler.num_frames if sampler.strategy == "uniform" else sampler.max_frames
+    video.size = family.geometry.processor_size(sampler.min_pixels, sampler.max_pixels, max_frames)
+    if hasattr(video, "do_sample_frames"):
+        video.do_sample_frames = False  # never drop frames we chose
+    if hasattr(video, "cap_pixels_per_frame"):
+        # the cap divides the budget by the *unpadded* frame count but checks the padded one, so an odd clip at
+        # `max_pixels` would be shrunk; our budget above already bounds every frame (and this silences the notice)
+        video.cap_pixels_per_frame = False
 
 
 def load_processor(path_or_id: str, sampler: SamplerConfig | None = None):
@@ -50,7 +75,7 @@ def load_processor(path_or_id: str, sampler: SamplerConfig | None = None):
 
     processor = AutoProcessor.from_pretrained(path_or_id, local_files_only=_local(path_or_id))
     if sampler is not None:
-        configure_video_size(processor, sampler)
+        configure_video_size(processor, sampler, family_at(path_or_id))
     return processor
 
 
@@ -76,6 +101,9 @@ def load_base_model(
     from transformers import AutoModelForImageTextToText
 
     quantized = cfg.quantization.enabled if quantized is None else quantized
+    family = family_at(path_or_id)
+    cfg.check_family(family)
+    cfg = cfg.for_family(family)
     kwargs = dict(
         dtype=DTYPES[cfg.dtype],
         attn_implementation=resolve_attention(cfg.attn_implementation, cfg.dtype, device),

@@ -23,6 +23,9 @@ class PromptBuilder:
     class_names: list[str] = field(default_factory=operation_names)
     question: str = DEFAULT_QUESTION
     answer_suffix: str = "<|im_end|>"
+    # extra chat-template arguments from the model family, e.g. `enable_thinking: false` so the label follows
+    # the assistant header directly (models/families/); saved with the prompt so serving renders it the same
+    template_kwargs: dict = field(default_factory=dict)
 
     def messages(self) -> list[dict]:
         text = self.question.format(options=", ".join(self.class_names))
@@ -30,7 +33,9 @@ class PromptBuilder:
 
     def prompt(self, processor) -> str:
         """Chat-templated prompt ending with the assistant header (`<|im_start|>assistant\\n`)."""
-        return processor.apply_chat_template(self.messages(), tokenize=False, add_generation_prompt=True)
+        return processor.apply_chat_template(
+            self.messages(), tokenize=False, add_generation_prompt=True, **self.template_kwargs
+        )
 
     def answer(self, class_index: int) -> str:
         return self.class_names[class_index] + self.answer_suffix
@@ -53,4 +58,5 @@ class PromptBuilder:
             "class_names": self.class_names,
             "question": self.question,
             "answer_suffix": self.answer_suffix,
+            "template_kwargs": dict(self.template_kwargs),
         }

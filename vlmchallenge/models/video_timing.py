@@ -1,11 +1,14 @@
 """The frame rate each clip was sampled at, told to the processor as `VideoMetadata` (docs/tiny-vlm.md §4).
 
-Qwen2.5-VL places video tokens on an absolute time axis: its processor turns each clip's sampled fps into
-`second_per_grid_ts = temporal_patch_size / fps`. Frames passed without metadata are taken to be 24 fps, so a
-4-s clip of 8 frames would be encoded as a third of a second long. Qwen2-VL ignores the value.
+Families that encode time (docs/families.md §2) read it from this metadata, and without it assume 24 fps:
+- M-RoPE seconds: the processor turns the fps into `second_per_grid_ts = temporal_patch_size / fps`, so a 4-s clip
+  of 8 frames read at 24 fps would be encoded as a third of a second long;
+- text timestamps: the processor writes `<t seconds>` before each frame pair, t = mean of `frames_indices / fps`
+  over the pair. `frames_indices` are the clip's own frames, 0..T-1, so the text counts from the clip's start.
+Families without a time encoding ignore it.
 
 A clip of T frames sampled over [start, end) has the rate T / (end - start): the rate of the sampler's own
-grid of target times (as qwen-vl-utils computes it), not the spacing of the nearest source frames, whose
+grid of target times (as the families' reference utilities compute it), not the spacing of the nearest source frames, whose
 snapping jitter would change the truncated temporal position ids between training and serving.
 
 Where the timing comes from (`Example.meta`):

@@ -1,7 +1,7 @@
 """The training loss with logits only where the loss is: the answer tokens at the end of each sequence.
 
 A causal LM's full forward projects every position onto the ~152k vocabulary, although the loss covers only the few
-answer tokens. transformers' Qwen2-VL forward accepts a boolean `(batch, seq)` `logits_to_keep` and then runs
+answer tokens. The VLM forwards of every supported family (models/families/) accept a boolean `(batch, seq)` `logits_to_keep` and then runs
 `lm_head` on those positions alone (`modeling_utils.slice_logits_to_keep`; docs/vram.md §1.4). The loss is the
 model's own `loss_function` (`ForCausalLMLoss`) given the already-shifted targets, so it equals the full path's.
 """

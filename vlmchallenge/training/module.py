@@ -19,10 +19,10 @@ from transformers import get_scheduler
 from vlmchallenge.evaluation.metrics import clip_metrics
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
 from vlmchallenge.models.config import ModelConfig, OptimConfig
+from vlmchallenge.models.families import family_of
 from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_answers
 from vlmchallenge.models.loader import load_base_model, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
-from vlmchallenge.models.video_geometry import vision_tokens
 from vlmchallenge.training.answer_loss import answer_forward
 from vlmchallenge.training.shard_errors import SKIPPED_KEY
 
@@ -73,6 +73,7 @@ class VLMClassifier(pl.LightningModule):
         if self.model is not None:  # idempotent: called for every stage
             return
         base = load_base_model(self.model_cfg, resolve_pretrained(self.model_cfg), device=self.device)
+        self.family = family_of(base.config)
         self.model = apply_adapters(base, self.model_cfg)
         self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         rank_zero_info(f"trainable parameters: {trainable_report(self.model)}")
@@ -90,7 +91,7 @@ class VLMClassifier(pl.LightningModule):
         if SKIPPED_KEY in batch:  # this epoch's samples lost to unreadable shards so far (ShardDataModule)
             self.log("data/skipped_samples", float(batch[SKIPPED_KEY]), batch_size=n)
         if batch_idx == 0:
-            tokens = vision_tokens(batch["video_grid_thw"]).float().mean()
+            tokens = self.family.geometry.tokens(batch["video_grid_thw"]).float().mean()
             self.log("train/vision_tokens", tokens, batch_size=n)
             self.log("train/seq_len", float(batch["input_ids"].shape[1]), batch_size=n)
             if self.global_step == 0:

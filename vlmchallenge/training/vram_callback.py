@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 
 from vlmchallenge.models.adapters import trainable_dtype
-from vlmchallenge.models.video_geometry import vision_tokens
-from vlmchallenge.training.architectures import model_config_for
+from vlmchallenge.models.architectures import model_config_for
+from vlmchallenge.models.loader import model_family
 from vlmchallenge.training.vram_math import (
     DEFAULT_LOSS_TOKENS,
     GIB,
@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 def footprint_inputs(
     m, o, seq_len: int, vision_tokens: int, cuda: bool = True, loss_tokens: int = DEFAULT_LOSS_TOKENS
 ) -> FootprintInputs:
-    """A `FootprintInputs` from the model and optimizer configs (shared by the callback and the offline CLI)."""
+    """A `FootprintInputs` from the model and optimizer configs (shared by the callback and the offline CLI);
+    what `m` leaves null comes from its family."""
+    m = m.for_family(model_family(m))
     method = "qlora" if m.quantization.enabled else ("lora" if m.lora.enabled else "full")
     return FootprintInputs(
         method=method,
@@ -84,7 +86,7 @@ class VRAMPlanner(pl.Callback):
             )
         batch = dm.peek_train_batch()
         seq_len = int(batch["input_ids"].shape[1])
-        vision = int(vision_tokens(batch["video_grid_thw"]).max())
+        vision = int(model_family(pl_module.model_cfg).geometry.tokens(batch["video_grid_thw"]).max())
         answer = int((batch["labels"] != -100).sum(1).max())  # the tokens lm_head runs on (answer_loss.py)
         arch = architecture_from_config(model_config_for(pl_module.model_cfg))
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vlmchallenge.models.config import LM_LINEARS
+from vlmchallenge.models.families import Family, family_of
 
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -48,6 +48,9 @@ class Architecture:
     intermediate: int
     vocab: int
     vision_width: int
+    family: Family | None = None  # whose defaults (LoRA targets, modules kept out of 4-bit) apply
+    experts: int = 0  # routed-expert weights of an MoE (fused parameters, not Linears)
+    active: int = 0  # parameters one token runs through: total less the routed experts it does not use
     linears: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (in, out)
     module_params: dict[str, int] = field(default_factory=dict)  # every module name -> its parameter count
 
@@ -58,9 +61,13 @@ def architecture_from_config(config) -> Architecture:
 
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
+    family = family_of(config)
     params = dict(model.named_parameters())  # tied weights appear once
     total = sum(p.numel() for p in params.values())
-    vision = sum(p.numel() for n, p in params.items() if ".visual." in f".{n}")
+    vision = sum(p.numel() for n, p in params.items() if n.startswith(family.vram.vision_prefix + "."))
+    experts = 0
+    if family.vram.moe_experts:
+        experts = sum(p.numel() for n, p in params.items() if family.vram.moe_experts in n)
     embed = sum(p.numel() for n, p in params.items() if "embed_tokens" in n)
     lm_head = sum(p.numel() for n, p in params.items() if n.startswith("lm_head"))
     linears, llm_linear = {}, 0
@@ -72,6 +79,7 @@ def architecture_from_config(config) -> Architecture:
     module_params = {n: sum(p.numel() for p in m.parameters()) for n, m in model.named_modules() if n}
     text = config.get_text_config()
     vis = config.vision_config
+    used = getattr(text, "num_experts_per_tok", 0) / getattr(text, "num_experts", 1) if experts else 0
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     return Architecture(
         total=total,
@@ -86,23 +94,31 @@ def architecture_from_config(config) -> Architecture:
         intermediate=text.intermediate_size,
         vocab=text.vocab_size,
         vision_width=getattr(vis, "embed_dim", None) or vis.hidden_size,
+        family=family,
+        experts=experts,
+        active=total - experts + round(experts * used),
         linears=linears,
         module_params=module_params,
     )
 
 
-def quantized_linears(arch: Architecture, skip_modules: list[str]) -> dict[str, int]:
+def quantized_linears(arch: Architecture, skip_modules: list[str] | None) -> dict[str, int]:
     """name -> weight elements of each Linear bitsandbytes makes 4-bit: every one whose name no skip pattern
     matches, by transformers' own rule (`quantizers_utils.should_convert_module`)."""
     from transformers.quantizers.quantizers_utils import should_convert_module
 
+    if skip_modules is None:
+        skip_modules = arch.family.kept_out_of_4bit
     return {n: i * o for n, (i, o) in arch.linears.items() if should_convert_module(n, list(skip_modules))}
 
 
 def parameter_counts(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
     """The counts behind the table: what the model holds, what is 4-bit and what the optimizer updates."""
-    counts = {
-        "total": arch.total,
+    counts = {"total": arch.total}
+    if arch.experts:
+        counts["routed experts (MoE)"] = arch.experts
+        counts["active per token (MoE)"] = arch.active
+    counts |= {
         "vision tower": arch.vision,
         "language model": arch.total - arch.vision - arch.lm_head,
         "lm_head (untied)": arch.lm_head,
@@ -142,10 +158,12 @@ def parameter_bytes(arch: Architecture, s: FootprintInputs) -> dict[str, int]:
     return out
 
 
-def lora_trainable_params(arch: Architecture, target_regex: str, r: int, modules_to_save: list[str]) -> int:
-    """r * (in + out) per adapted Linear (PEFT matches `target_modules` as a full-match regex), plus the
-    trainable copies of `modules_to_save` (matched as name suffixes, like PEFT)."""
-    pattern = re.compile(target_regex)
+def lora_trainable_params(
+    arch: Architecture, target_regex: str | None, r: int, modules_to_save: list[str]
+) -> int:
+    """r * (in + out) per adapted Linear (PEFT matches `target_modules` as a full-match regex; null: the
+    family's), plus the trainable copies of `modules_to_save` (matched as name suffixes, like PEFT)."""
+    pattern = re.compile(target_regex or arch.family.lora_targets)
     lora = sum(r * (i + o) for name, (i, o) in arch.linears.items() if pattern.fullmatch(name))
     saved = 0
     for name, count in arch.module_params.items():
@@ -159,10 +177,10 @@ class FootprintInputs:
     method: str = "lora"  # full | lora | qlora
     dtype: str = "bfloat16"  # of the frozen base (model.dtype); 4-bit Linears aside
     trainable_dtype: str = "float32"  # of LoRA and modules_to_save (models/adapters.py `trainable_dtype`)
-    skip_modules: list[str] = field(default_factory=lambda: ["model.visual", "lm_head"])  # not made 4-bit
+    skip_modules: list[str] | None = None  # not made 4-bit; null: the family's vision tower and lm_head
     lora_r: int = 16
     lora_dropout: float = 0.05
-    target_regex: str = LM_LINEARS
+    target_regex: str | None = None  # null: the family's LoRA targets
     modules_to_save: list[str] = field(default_factory=list)
     optimizer: str = "AdamW"  # AdamW | AdamW8bit | PagedAdamW8bit (the class name)
     gradient_checkpointing: bool = True

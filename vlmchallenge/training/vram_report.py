@@ -53,7 +53,7 @@ def breakdown_png(terms_by_label: dict[str, dict[str, int]], path: Path) -> None
     plt.close(fig)
 
 
-def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan) -> None:
+def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan, family=None) -> None:
     table = Table(
         title=f"{name}: predicted peak per GPU (micro-batch {p.micro_batch}, seq {inputs.seq_len} tokens = "
         f"{inputs.vision_tokens} vision + text; logits at {inputs.loss_tokens} answer tokens)"
@@ -76,6 +76,12 @@ def print_plan(name: str, inputs: FootprintInputs, p: BatchPlan) -> None:
         for k, v in p.counts.items():
             counts.add_row(k, f"{v:,}", f"{100 * v / p.counts['total']:.2f}%")
         console.print(counts)
+    if family is not None:
+        console.print(
+            f"family: {family} (time encoding: {family.time_encoding.value}; "
+            f"4-bit QLoRA: {'allowed' if family.qlora.allowed else 'refused'} - {family.qlora.why})",
+            markup=False,
+        )
     console.print(
         f"plan: micro-batch {p.micro_batch} x accumulation {p.accumulate} x world {p.world_size} = "
         f"global batch {p.global_batch} ({inputs.method}, {inputs.optimizer}, checkpointing "

@@ -1,6 +1,6 @@
 """Model configs for VRAM planning without downloading weights.
 
-The Qwen2-VL / Qwen2.5-VL presets ship as config values (architectures/*.json, from docs/vram.md §2); a local
+The presets ship as config values (architectures/*.json, each with its `_source`; docs/vram.md §2, docs/families.md); a local
 folder or the tiny model's cache folder is read with `AutoConfig`; any other hub id falls back to `AutoConfig`
 (a config file only, and only because the user named that id).
 """
@@ -16,15 +16,14 @@ ARCH_DIR = Path(__file__).with_name("architectures")
 
 
 def shipped_config(hub_id: str):
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers import CONFIG_MAPPING
 
     path = ARCH_DIR / (hub_id.replace("/", "--") + ".json")
     if not path.exists():
         return None
     values = json.loads(path.read_text())
     values.pop("_source", None)
-    cls = {"qwen2_vl": Qwen2VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}[values.pop("model_type")]
-    return cls(**values)
+    return CONFIG_MAPPING[values.pop("model_type")](**values)
 
 
 def model_config_for(cfg: ModelConfig):
