@@ -84,6 +84,7 @@ def test_the_export_annotates_a_recording_second_by_second(family_run):
     source = JpegFolderSource(Path(cfg.data.root) / user / "kinect" / "color-masked" / "frames" / session)
     start = int(source.timestamps_ms[0])
     annotation = RecordingAnnotator(engine).annotate(source, start, start + 8_000)
-    assert annotation.range_ms == (start, start + 8_000)
-    assert len(annotation.windows) == len(annotation.probabilities) >= 8  # one window per second, stride 1 s
+    first, last = annotation.range_ms  # the requested range cut to the frames in it
+    assert first == start and start + 7_000 < last <= start + 8_000
+    assert len(annotation.windows) == len(annotation.probabilities) >= 7  # a window per second (stride 1 s)
     assert np.allclose(annotation.probabilities.sum(1), 1.0, atol=1e-5)
