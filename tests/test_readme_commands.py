@@ -122,12 +122,18 @@ ELSEWHERE = {
     "input=data/synthetic/openpack/v1.0.0 user=U9008 session=S0100": (
         "tests/test_annotate.py::test_cli_annotates_an_openpack_session"
     ),
+    ".venv/bin/python -m vlmchallenge.train experiment=tiny_qwen3vl_cpu": (
+        "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
+    ),
+    ".venv/bin/python -m vlmchallenge.train experiment=tiny_qwen35_cpu": (
+        "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
+    ),
     ".venv/bin/python -m vlmchallenge.verify shards=data/shards/openpack-<hash>": (
         "tests/test_prepare_reliability.py::test_verify_names_truncated_and_bit_flipped_shards"
     ),
 }
 
-REAL_MODEL = "downloads a real Qwen2-VL/Qwen2.5-VL checkpoint (GBs) and needs the real OpenPack RGB data"
+REAL_MODEL = "downloads a real checkpoint (GBs) and needs the real OpenPack RGB data"
 CUDA = "needs CUDA GPUs (tests/test_gpu.py runs the GPU paths on the tiny model where there is one)"
 NOT_HERE = {
     "make train": "the full default run (10 epochs, ~8 min) after installing .venv; its job, "
@@ -139,6 +145,8 @@ NOT_HERE = {
     "make gpu-check": CUDA,
     ".venv/bin/python -m pytest -m gpu": CUDA,
     ".venv/bin/python -m vlmchallenge.train experiment=qwen2vl_2b_qlora data.root=/path/to/openpack/v1.0.0": REAL_MODEL,
+    ".venv/bin/python -m vlmchallenge.train experiment=qwen3vl_4b_lora data.root=/path/to/openpack/v1.0.0": REAL_MODEL,
+    ".venv/bin/python -m vlmchallenge.train experiment=qwen35_2b_lora data.root=/path/to/openpack/v1.0.0": REAL_MODEL,
     ".venv/bin/python -m vlmchallenge.train experiment=qwen25vl_3b_lora data.root=... "
     "model.pretrained=/models/Qwen2.5-VL-3B-Instruct": "needs a local copy of the real Qwen2.5-VL-3B and real data",
     ".venv/bin/python -m vlmchallenge.train experiment=qwen2vl_2b_qlora data.root=... vram.global_batch_size=32": (
