@@ -268,3 +268,19 @@ def test_lora_dtypes_by_family(built, name):
     arch = architecture_from_config(model_config_for(cfg))
     setup = FootprintInputs(method="lora", dtype="bfloat16", lora_r=4, modules_to_save=["lm_head"])
     assert parameter_bytes(arch, setup) == census
+
+
+def test_only_the_kernels_notice_of_bitsandbytes_is_dropped(caplog):
+    """bitsandbytes' import-time notice about the optional `kernels` package (which would download a kernel from
+    the Hub) is dropped; the same call failing for any other reason still shows."""
+    import vlmchallenge  # noqa: F401  (installs the filter)
+    from vlmchallenge.utils.library_notices import BNB_CPU_LOGGER, BNB_KERNELS_NOTICE
+
+    logger = logging.getLogger(BNB_CPU_LOGGER)
+    fmt = BNB_KERNELS_NOTICE + ": %s. Please make sure you already `pip install kernels` and the kernels >= 0.11.1"
+    with caplog.at_level(logging.WARNING, logger=BNB_CPU_LOGGER):
+        logger.warning(fmt, ModuleNotFoundError("No module named 'kernels'"))
+        logger.warning(fmt, RuntimeError("CUDA error: out of memory"))
+        logger.warning("something else entirely")
+    shown = [r.getMessage() for r in caplog.records if r.name == BNB_CPU_LOGGER]
+    assert len(shown) == 2 and "out of memory" in shown[0] and shown[1] == "something else entirely"

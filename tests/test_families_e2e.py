@@ -13,7 +13,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
-from vlmchallenge.models.collator import PromptCollator
+from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.serving.annotator import RecordingAnnotator
 from vlmchallenge.serving.inference import VLMInference
 from vlmchallenge.training.config import DataLoaderConfig
@@ -69,6 +69,11 @@ def test_serving_encodes_and_scores_as_evaluation_did(family_run):
     served = engine.encode([ex.frames for ex in clips], spans)
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw"):
         assert torch.equal(served[key], evaluation[key]), key
+    # training saw the same prompt tokens, with the answer after them
+    train = TrainCollator(engine.processor, engine.prompt)(clips)
+    for row in range(len(clips)):
+        prompt = evaluation["input_ids"][row][evaluation["attention_mask"][row].bool()]
+        assert torch.equal(train["input_ids"][row][: len(prompt)], prompt)
     answers = engine.predict_batch([ex.frames for ex in clips], spans)
     probs = np.asarray([list(r["probabilities"].values()) for r in answers])
     scored = engine.scorer.score(engine.model, evaluation).softmax(1).numpy()
