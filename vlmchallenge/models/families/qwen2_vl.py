@@ -53,13 +53,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def qwen_tokenizer(spec: TinyModelSpec, template: str, extra: list[str] = ()):
-    """The tiny ChatML tokenizer with Qwen2's pre-tokenizer and the vision tokens (plus `extra`)."""
+def qwen_tokenizer(spec: TinyModelSpec, template: str, extra: list[str] = (), extra_corpus: str = ""):
+    """The tiny ChatML tokenizer with Qwen2's pre-tokenizer and the vision tokens (plus `extra` special tokens,
+    and `extra_corpus` text to train on)."""
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     special = CHATML_TOKENS + VISION_TOKENS + list(extra)
-    tok = train_tokenizer(spec, Qwen2Tokenizer, PRETOKENIZE_REGEX, special, eos_token="<|im_end|>")
+    tok = train_tokenizer(
+        spec, Qwen2Tokenizer, PRETOKENIZE_REGEX, special, extra_corpus=extra_corpus, eos_token="<|im_end|>"
+    )
     tok.chat_template = template
     return tok
 

@@ -28,7 +28,7 @@ from vlmchallenge.models.families.qwen3_vl import (
     tiny_vision_config,
     video_processor,
 )
-from vlmchallenge.models.families.tiny_build import save_tiny, seeded
+from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS, save_tiny, seeded
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
 
 LM_LINEARS = (
@@ -68,7 +68,7 @@ def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
         Qwen3VLProcessor,
     )
 
-    tok = qwen_tokenizer(spec, CHAT_TEMPLATE, extra=["<think>", "</think>"])
+    tok = qwen_tokenizer(spec, CHAT_TEMPLATE, extra=["<think>", "</think>"], extra_corpus=TIMESTAMP_CORPUS)
     text = tiny_text_config(spec, tok) | dict(
         layer_types=tiny_layer_types(spec.num_hidden_layers),
         linear_conv_kernel_dim=4,

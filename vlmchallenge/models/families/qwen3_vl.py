@@ -26,7 +26,7 @@ from vlmchallenge.models.families.qwen2_vl import (
     text_ids,
     vision_token_ids,
 )
-from vlmchallenge.models.families.tiny_build import mrope_section, save_tiny, seeded
+from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS, mrope_section, save_tiny, seeded
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
 
 GEOMETRY = VideoGeometry(patch=16, temporal_patch=2, merge=2, budget=PixelBudget.PER_CLIP)
@@ -97,7 +97,7 @@ def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
         Qwen3VLProcessor,
     )
 
-    tok = qwen_tokenizer(spec, CHAT_TEMPLATE)
+    tok = qwen_tokenizer(spec, CHAT_TEMPLATE, extra_corpus=TIMESTAMP_CORPUS)
     cfg = Qwen3VLConfig(
         text_config=tiny_text_config(spec, tok),
         vision_config=tiny_vision_config(spec),

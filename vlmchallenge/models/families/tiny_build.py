@@ -25,19 +25,28 @@ Errors should never pass silently. Unless explicitly silenced. In the face of am
 to guess. There should be one-- and preferably only one --obvious way to do it. Now is better than never.
 You are a helpful assistant. Which packaging operation is shown in the video? Answer with one of the options.
 Options: the worker packs items into a box at the work bench, scans labels and fills out the order sheet.
-<0.0 seconds> <0.2 seconds> <0.5 seconds> <1.0 seconds> <1.5 seconds> <2.7 seconds> <3.8 seconds> <4.9 seconds>
-Frame1: Frame2: Frame3: Frame4: Frame5: Frame6: Frame7: Frame8: 00:00 00:01 00:02 00:03
 """
+# what a family that writes time as text adds to its corpus, so ` seconds` is one token as in the real vocabularies
+TIMESTAMP_CORPUS = (
+    "<0.0 seconds> <0.2 seconds> <0.5 seconds> <1.0 seconds> <1.5 seconds> <2.7 seconds> <3.8 seconds>"
+)
 
 
-def corpus_lines() -> list[str]:
+def corpus_lines(extra: str = "") -> list[str]:
     names = [c.name for c in OPENPACK_OPERATIONS]
-    return CORPUS.splitlines() + names * 20 + [", ".join(names)] * 5
+    return CORPUS.splitlines() + extra.splitlines() + names * 20 + [", ".join(names)] * 5
 
 
-def train_tokenizer(spec: TinyModelSpec, tokenizer_cls, pretokenize_regex: str, special: list[str], **kwargs):
-    """A `tokenizer_cls` (a tokenizers-backed Qwen-style BPE class) over a vocabulary trained on the corpus.
-    `special[0]` is the pad token; all of `special` are added as special tokens."""
+def train_tokenizer(
+    spec: TinyModelSpec,
+    tokenizer_cls,
+    pretokenize_regex: str,
+    special: list[str],
+    extra_corpus: str = "",
+    **kwargs,
+):
+    """A `tokenizer_cls` (a tokenizers-backed Qwen-style BPE class) over a vocabulary trained on the corpus
+    (plus `extra_corpus`). `special[0]` is the pad token; all of `special` are added as special tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
@@ -54,7 +63,7 @@ def train_tokenizer(spec: TinyModelSpec, tokenizer_cls, pretokenize_regex: str, 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus_lines(), trainer)
+    bpe.train_from_iterator(corpus_lines(extra_corpus), trainer)
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     return tokenizer_cls(
         vocab=bpe.get_vocab(),
