@@ -62,10 +62,17 @@ def family_of(config, where: str = "the checkpoint") -> Family:
     return _BY_MODEL_TYPE[model_type]
 
 
+def builder_source() -> str:
+    """The source of every tiny builder (this package): a change to a corpus, a template or a config rebuilds
+    the tiny models instead of reusing a folder made by other code."""
+    package = Path(__file__).parent
+    return "".join(p.read_text() for p in sorted(package.glob("*.py")))
+
+
 def tiny_folder(spec: TinyModelSpec, cache_dir: str | Path) -> Path:
-    """Where the tiny model of `spec` lives: keyed by its family and a hash of everything that builds it."""
+    """Where the tiny model of `spec` lives: keyed by its family and a hash of the spec and the builders."""
     family = family_named(spec.family, "model.tiny.family")
-    return Path(cache_dir) / f"tiny_{family.name}-{spec.fingerprint(family.name)}"
+    return Path(cache_dir) / f"tiny_{family.name}-{spec.fingerprint(builder_source())}"
 
 
 def ensure_tiny(spec: TinyModelSpec, cache_dir: str | Path) -> Path:

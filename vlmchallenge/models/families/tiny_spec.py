@@ -34,6 +34,6 @@ class TinyModelSpec:
         return self.hidden_size // self.num_attention_heads
 
     def fingerprint(self, recipe: object) -> str:
-        """A hash of the spec and of everything else the builder bakes in (`recipe`: corpus, template...)."""
+        """A hash of the spec and of everything else the builder bakes in (`recipe`: the builders' source)."""
         payload = {"spec": asdict(self), "recipe": recipe, "v": 2}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
