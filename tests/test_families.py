@@ -277,7 +277,10 @@ def test_only_the_kernels_notice_of_bitsandbytes_is_dropped(caplog):
     from vlmchallenge.utils.library_notices import BNB_CPU_LOGGER, BNB_KERNELS_NOTICE
 
     logger = logging.getLogger(BNB_CPU_LOGGER)
-    fmt = BNB_KERNELS_NOTICE + ": %s. Please make sure you already `pip install kernels` and the kernels >= 0.11.1"
+    fmt = (
+        BNB_KERNELS_NOTICE
+        + ": %s. Please make sure you already `pip install kernels` and the kernels >= 0.11.1"
+    )
     with caplog.at_level(logging.WARNING, logger=BNB_CPU_LOGGER):
         logger.warning(fmt, ModuleNotFoundError("No module named 'kernels'"))
         logger.warning(fmt, RuntimeError("CUDA error: out of memory"))

@@ -3,7 +3,7 @@
 bitsandbytes (0.50, `backends/cpu/ops.py`) logs a warning at import on CPUs with AVX512-BF16: "Failed to load CPU
 gemm_4bit_forward from kernels-community: No module named 'kernels' ...". The optional `kernels` package would
 *download* a kernel from the Hugging Face Hub at run time, which this project never does (docs/families.md
-§"Notices"); without it bitsandbytes uses its own bundled CPU 4-bit path, which is what our CPU tests exercise.
+§8); without it bitsandbytes uses its own bundled CPU 4-bit path, which is what our CPU tests exercise.
 Only that exact notice, with that exact cause, is dropped; any other failure of the same call still shows.
 """
 
