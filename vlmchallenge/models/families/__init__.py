@@ -6,6 +6,7 @@ the name used in configs (`model.tiny.family`). The tiny builders live with thei
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from vlmchallenge.models.families.base import (
@@ -62,6 +63,7 @@ def family_of(config, where: str = "the checkpoint") -> Family:
     return _BY_MODEL_TYPE[model_type]
 
 
+@functools.cache
 def builder_source() -> str:
     """The source of every tiny builder (this package): a change to a corpus, a template or a config rebuilds
     the tiny models instead of reusing a folder made by other code."""

@@ -17,18 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmchallenge.models.families.base import Family, QLoraPolicy, TimeEncoding, VramTerms
-from vlmchallenge.models.families.qwen2_vl import (
-    qwen_tokenizer,
-    set_generation_ids,
-    vision_token_ids,
-)
+from vlmchallenge.models.families.qwen2_vl import qwen_tokenizer, vision_token_ids
 from vlmchallenge.models.families.qwen3_vl import (
     GEOMETRY,
+    save_with_processor,
     tiny_text_config,
     tiny_vision_config,
-    video_processor,
 )
-from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS, save_tiny, seeded
+from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
 
 LM_LINEARS = (
@@ -61,12 +57,7 @@ def tiny_layer_types(layers: int) -> list[str]:
 
 
 def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
-    from transformers import (
-        Qwen2VLImageProcessor,
-        Qwen3_5Config,
-        Qwen3_5ForConditionalGeneration,
-        Qwen3VLProcessor,
-    )
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
     tok = qwen_tokenizer(spec, CHAT_TEMPLATE, extra=["<think>", "</think>"], extra_corpus=TIMESTAMP_CORPUS)
     text = tiny_text_config(spec, tok) | dict(
@@ -82,15 +73,7 @@ def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
     cfg = Qwen3_5Config(
         text_config=text, vision_config=vision, tie_word_embeddings=False, **vision_token_ids(tok)
     )
-    model = seeded(spec, lambda: Qwen3_5ForConditionalGeneration(cfg))
-    set_generation_ids(model, tok)
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(patch_size=GEOMETRY.patch),
-        video_processor=video_processor(),
-        tokenizer=tok,
-        chat_template=CHAT_TEMPLATE,
-    )
-    save_tiny(spec, out_dir, model, processor)
+    save_with_processor(spec, out_dir, lambda: Qwen3_5ForConditionalGeneration(cfg), tok, CHAT_TEMPLATE)
 
 
 QWEN3_5 = Family(

@@ -90,12 +90,7 @@ def video_processor():
 
 
 def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
-    from transformers import (
-        Qwen2VLImageProcessor,
-        Qwen3VLConfig,
-        Qwen3VLForConditionalGeneration,
-        Qwen3VLProcessor,
-    )
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     tok = qwen_tokenizer(spec, CHAT_TEMPLATE, extra_corpus=TIMESTAMP_CORPUS)
     cfg = Qwen3VLConfig(
@@ -104,13 +99,20 @@ def build_tiny(spec: TinyModelSpec, out_dir: Path) -> None:
         tie_word_embeddings=False,
         **vision_token_ids(tok),
     )
-    model = seeded(spec, lambda: Qwen3VLForConditionalGeneration(cfg))
+    save_with_processor(spec, out_dir, lambda: Qwen3VLForConditionalGeneration(cfg), tok, CHAT_TEMPLATE)
+
+
+def save_with_processor(spec: TinyModelSpec, out_dir: Path, make_model, tok, template: str) -> None:
+    """Build the model under the spec's seed and save it with the Qwen3-VL processor (shared by Qwen3.5)."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+
+    model = seeded(spec, make_model)
     set_generation_ids(model, tok)
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=GEOMETRY.patch),
         video_processor=video_processor(),
         tokenizer=tok,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=template,
     )
     save_tiny(spec, out_dir, model, processor)
 
