@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from tests.helpers.in_process import run_module
 from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv, parse_operations_csv
 from vlmchallenge.data.classes import NULL_ID, OPERATION_IDS
@@ -84,8 +83,6 @@ def compose_annotate(overrides: list[str]):
 def test_cli_annotates_an_openpack_session(export_dir, root, tmp_path):
     out = tmp_path / "out"
     cmd = [
-        sys.executable,
-        "-m",
         "vlmchallenge.annotate",
         f"export_dir={export_dir}",
         f"input={root}",
@@ -95,9 +92,9 @@ def test_cli_annotates_an_openpack_session(export_dir, root, tmp_path):
         "progress=false",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "OpenPack macro-F1 (1 s)" in done.stdout
+    done = run_module(*cmd)
+    assert done.returncode == 0, done.output[-3000:]
+    assert "OpenPack macro-F1 (1 s)" in done.output
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)  # no temporary left behind
     meta = json.loads((out / "annotate.json").read_text())
     assert meta["kind"] == "openpack" and meta["key"] == f"{USER}-{SESSION}" and meta["smoothing"] is None

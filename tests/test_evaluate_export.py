@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers.in_process import run_module
 from tests.helpers.runs import TINY_TRAIN_OVERRIDES, TWO_CLASS_OVERRIDES, compose_evaluate, data_overrides
 from tests.helpers.shard_damage import flip_header_bit
 from vlmchallenge.utils.input_errors import InputError
@@ -102,20 +101,8 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
 
     ckpt = checkpoint_alone(two_class_run, tmp_path)
     out = tmp_path / "exported"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmchallenge.export",
-            f"ckpt={ckpt}",
-            f"out_dir={out}",
-            f"paths.log_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_module("vlmchallenge.export", f"ckpt={ckpt}", f"out_dir={out}", f"paths.log_dir={tmp_path}")
+    assert proc.returncode == 0, proc.output[-3000:]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     exported = AutoModelForImageTextToText.from_pretrained(out).eval()
     module, dm = two_class_run.objects.components.module, two_class_run.objects.components.datamodule

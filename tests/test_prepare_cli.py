@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -13,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vlmchallenge.conf_schema  # noqa: F401
+from tests.helpers.in_process import run_module
 from tests.helpers.runs import CONF_DIR, SMALL_DATA_OVERRIDES
 from vlmchallenge.data.config import DataConfig
 
@@ -52,16 +51,14 @@ def test_openpack_requires_a_root():
 
 def test_cli_end_to_end(tmp_path):
     cmd = [
-        sys.executable,
-        "-m",
         "vlmchallenge.prepare",
         f"paths.data_dir={tmp_path}/data",
         f"paths.log_dir={tmp_path}/outputs",
         *SMALL_DATA_OVERRIDES,
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "Clips per split and class" in run.stdout
+    run = run_module(*cmd)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "Clips per split and class" in run.output
     manifests = list((tmp_path / "data" / "shards").glob("synthetic-*/manifest.json"))
     assert len(manifests) == 1
     summary = next((tmp_path / "outputs" / "prepare" / "runs").glob("*/prepare_summary.json"))
@@ -76,6 +73,6 @@ def test_cli_end_to_end(tmp_path):
     lines = csv.read_text().splitlines()
     lines[3] = lines[3].replace(",Assemble Box,", ",Assemble Boxes,")
     csv.write_text("\n".join(lines) + "\n")
-    run = subprocess.run(cmd + ["data.shards.overwrite=true"], capture_output=True, text=True, timeout=300)
+    run = run_module(*cmd, "data.shards.overwrite=true")
     assert run.returncode != 0
-    assert f"{csv}:4: field 'operation'" in run.stderr
+    assert f"{csv}:4: field 'operation'" in run.output

@@ -15,6 +15,7 @@ with `hmac.compare_digest`."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
@@ -30,6 +31,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 
 import psutil
 import pytest
@@ -196,15 +198,31 @@ def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, 
     assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
 
 
+# Put on PYTHONPATH as `sitecustomize.py` (`stack_dump_env`): SIGUSR1 makes any process of the server write every
+# thread's stack into the server's log, which `what_is_left` asks for when a shutdown hangs.
+STACK_DUMP = "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+
+
+def stack_dump_env(folder: Path, extra: str = "") -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(STACK_DUMP + extra)
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def what_is_left(server: LiveServer) -> str:
-    """For a failure message: the server's processes still alive (status, threads' stacks not available) and the
-    tail of its log, so a shutdown that hangs under load says where."""
-    try:
-        alive = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]
-        rows = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}" for p in alive]
-    except psutil.NoSuchProcess:
-        rows = ["(main process gone)"]
-    return "alive: " + "; ".join(rows) + "\nlog tail:\n" + server.log.read_text()[-4000:]
+    """For a failure message: the server's processes still alive, with every thread's stack when the server was
+    started with `stack_dump_env`, and the tail of its log, so a shutdown that hangs under load says where."""
+    rows = []
+    for p in [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rows.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}")
+            if p.status() != psutil.STATUS_ZOMBIE:
+                p.send_signal(signal.SIGUSR1)
+    time.sleep(3)  # the dumps are written by the processes themselves
+    return "alive: " + "; ".join(rows) + "\nlog tail:\n" + server.log.read_text()[-12000:]
 
 
 def no_process_left(children: list[psutil.Process]) -> list[psutil.Process]:
@@ -276,7 +294,8 @@ def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(
     requests were lost (a 500 and a reset connection), the API process was killed after its 30 s grace, and
     LitServe's monitor logged a traceback (docs/serving.md §2)."""
     log = tmp_path / "server.log"
-    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300")
+    env = stack_dump_env(tmp_path / "hooks")
+    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300", env=env)
     try:
         stop_with_requests_in_flight(
             server,
@@ -299,7 +318,7 @@ def kill_what_is_left(server: LiveServer) -> None:
 
 # ---------------------------------------------------------------- while the model loads: 503, and 504 past timeout
 
-# Put on PYTHONPATH as `sitecustomize.py`, so every process of the server runs it at start-up; it acts only in an
+# Added to `sitecustomize.py` (`stack_dump_env`), so every process of the server runs it at start-up; it acts only in an
 # inference worker (a spawned process LitServe names "inference-worker").
 LOAD_GATE = """
 import os, sys
@@ -341,13 +360,10 @@ def test_while_the_model_loads_health_is_503_and_a_request_past_timeout_504(expo
     loaded (uvicorn listens while the worker loads: serving/supervision.py), a request not answered within
     `timeout` gets 504 and leaves the server's count, and once the load goes on the server is healthy and stops
     cleanly."""
-    gate, hooks = tmp_path / "gate", tmp_path / "hooks"
+    gate = tmp_path / "gate"
     os.mkfifo(gate)
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(LOAD_GATE)
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+        **stack_dump_env(tmp_path / "hooks", LOAD_GATE),
         "VLMCHALLENGE_TEST_LOAD_GATE": str(gate),
         "VLMCHALLENGE_TEST_LOAD_UNDER": str(export_dir),
     }

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import yaml
 
+from tests.helpers.in_process import run_module
 from tests.helpers.runs import TINY_TRAIN_OVERRIDES
 
 FAST = [o for o in TINY_TRAIN_OVERRIDES] + [
@@ -19,8 +17,6 @@ FAST = [o for o in TINY_TRAIN_OVERRIDES] + [
 
 def run_cli(tmp_path, data_dir, *args):
     cmd = [
-        sys.executable,
-        "-m",
         "vlmchallenge.train",
         *args,
         *FAST,
@@ -28,8 +24,8 @@ def run_cli(tmp_path, data_dir, *args):
         f"paths.log_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path}/sweep",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_module(*cmd)
+    assert proc.returncode == 0, proc.output[-4000:]
     return proc
 
 

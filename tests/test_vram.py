@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import subprocess
-import sys
 
 import pytest
 import pytorch_lightning as pl
 from hydra.core.global_hydra import GlobalHydra
 
+from tests.helpers.in_process import Finished, run_module
 from tests.helpers.runs import compose_train
 from vlmchallenge.models.architectures import model_config_for, shipped_config
 from vlmchallenge.models.config import LoraSettings, ModelConfig
@@ -239,59 +238,43 @@ def test_callback_sets_micro_batch_and_accumulation_before_loaders(tmp_path, sha
 
 
 def test_cli_prints_a_plan_without_downloading(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmchallenge.vram",
-            "+experiment=qwen2vl_7b_qlora",
-            "vram.budget_gib=24",
-            f"vram.chart={tmp_path}/vram.png",
-            f"hydra.run.dir={tmp_path}/run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    proc = run_module(
+        "vlmchallenge.vram",
+        "+experiment=qwen2vl_7b_qlora",
+        "vram.budget_gib=24",
+        f"vram.chart={tmp_path}/vram.png",
+        f"hydra.run.dir={tmp_path}/run",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "plan: micro-batch" in proc.stdout and "global batch 16" in proc.stdout
+    assert proc.returncode == 0, proc.output[-3000:]
+    assert "plan: micro-batch" in proc.output and "global batch 16" in proc.output
     # the counts behind the table: total and vision tower of Qwen2-VL-7B (PRESETS), and what is 4-bit
-    out = " ".join(proc.stdout.split())
+    out = proc.words
     total, vision, _ = PRESETS["Qwen/Qwen2-VL-7B-Instruct"]
     for name, count in [("total", total), ("vision tower", vision), ("4-bit (NF4)", arch7b().llm_linear)]:
-        assert f"{name} │ {count:,}" in out, (name, proc.stdout)
+        assert f"{name} │ {count:,}" in out, (name, proc.output)
     assert "language model" in out and "trainable" in out
     assert (tmp_path / "vram.png").stat().st_size > 0
     assert "family: Qwen2-VL (time encoding: none; 4-bit QLoRA: allowed" in out
 
 
-def run_vram(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vlmchallenge.vram", *overrides, "vram.budget_gib=80"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-    )
+def run_vram(*overrides: str) -> Finished:
+    return run_module("vlmchallenge.vram", *overrides, "vram.budget_gib=80")
 
 
 def test_the_cli_states_each_familys_qlora_policy_and_moe_counts(tmp_path):
     """Qwen3.5 refuses 4-bit and says why; the MoE preset shows its routed experts and active parameters."""
     hybrid = run_vram("experiment=qwen35_2b_lora", f"hydra.run.dir={tmp_path}/a")
-    assert hybrid.returncode == 0, hybrid.stderr[-3000:]
-    out = " ".join(hybrid.stdout.split())
-    assert "family: Qwen3.5 (time encoding: text-timestamps; 4-bit QLoRA: refused - Unsloth" in out
+    assert hybrid.returncode == 0, hybrid.output[-3000:]
+    assert "family: Qwen3.5 (time encoding: text-timestamps; 4-bit QLoRA: refused - Unsloth" in hybrid.words
     refused = run_vram(
         "experiment=qwen35_2b_lora", "model.quantization.enabled=true", f"hydra.run.dir={tmp_path}/b"
     )
     assert refused.returncode != 0
-    assert "Qwen3.5 is not trained in 4-bit here" in " ".join(refused.stderr.split())
+    assert "Qwen3.5 is not trained in 4-bit here" in refused.words
     moe = run_vram("experiment=qwen3vl_4b_lora", "model=qwen3vl_30b_a3b", f"hydra.run.dir={tmp_path}/c")
-    assert moe.returncode == 0, moe.stderr[-3000:]
-    out = " ".join(moe.stdout.split())
+    assert moe.returncode == 0, moe.output[-3000:]
     total, _ = NEW_PRESETS["Qwen/Qwen3-VL-30B-A3B-Instruct"]
-    assert f"total │ {total:,}" in out and "active per token (MoE) │ 3,891,664,112" in out
+    assert f"total │ {total:,}" in moe.words and "active per token (MoE) │ 3,891,664,112" in moe.words
 
 
 @pytest.mark.parametrize(
