@@ -47,7 +47,11 @@ def run(experiment: str, workdir: Path, extra: list[str]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiments", nargs="+", default=["tiny_cpu", "tiny_qwen3vl_cpu", "tiny_qwen35_cpu"])
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        default=["tiny_cpu", "tiny_qwen3vl_cpu", "tiny_qwen35_cpu", "tiny_internvl_cpu"],
+    )
     p.add_argument("--write", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra overrides for every run")
     a = p.parse_args()

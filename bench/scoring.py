@@ -93,7 +93,11 @@ def verdict(ok: bool) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=str(REPO / "data"))
-    p.add_argument("--experiments", nargs="+", default=["tiny_cpu", "tiny_qwen3vl_cpu", "tiny_qwen35_cpu"])
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        default=["tiny_cpu", "tiny_qwen3vl_cpu", "tiny_qwen35_cpu", "tiny_internvl_cpu"],
+    )
     p.add_argument("--clips", type=int, default=48)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)

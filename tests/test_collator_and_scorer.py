@@ -87,7 +87,7 @@ def test_prompt_batches_are_left_padded_and_token_counts_follow_the_sampler(tiny
     tok = processor.tokenizer
     batch = PromptCollator(processor, PromptBuilder())(clips([0, 1], sizes=[LARGE, SMALL]))
     # frames kept at their size (no upscaling), so the smaller clip has fewer vision tokens ...
-    assert FAMILIES["qwen2_vl"].geometry.tokens(batch["video_grid_thw"]).tolist() == [24, 16]
+    assert FAMILIES["qwen2_vl"].video_inputs.vision_tokens(batch).tolist() == [24, 16]
     video_pad = tok.convert_tokens_to_ids("<|video_pad|>")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert (ids == video_pad).sum(1).tolist() == [24, 16]

@@ -42,9 +42,11 @@ def test_no_module_outside_the_adapters_names_a_family():
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_fsdp_wrap_classes_are_the_models_own_unsplittable_blocks(name):
+def test_fsdp_wrap_classes_are_the_models_own_unsplittable_blocks(name, built):
     """The declared wrap classes are exactly the blocks transformers itself never splits (`_no_split_modules`)
-    of the family's dense and MoE model classes, so FSDP wraps every decoder layer and vision block."""
+    of the family's dense and MoE model classes, so FSDP wraps every decoder layer and vision block. A class
+    that leaves them to its sub-models (InternVL) is asked on the tiny model; the family may then also name the
+    decoder layer of its other language models (InternVL3's Qwen2 beside InternVL3.5's Qwen3)."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
@@ -53,8 +55,16 @@ def test_fsdp_wrap_classes_are_the_models_own_unsplittable_blocks(name):
     own = set()
     for model_type in family.model_types:
         cls = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type]
-        own |= set(getattr(transformers, cls)._no_split_modules)
-    assert declared == own
+        own |= set(getattr(transformers, cls)._no_split_modules or ())
+    if own:
+        assert declared == own
+        return
+    model = load_base_model(ModelConfig(tiny=TinyModelSpec(family=name)), built[name])
+    own = set(model._no_split_modules)
+    assert own <= declared
+    others = declared - own
+    assert all(c.endswith("DecoderLayer") for c in others), others
+    assert len(family.fsdp_wrap_paths()) == len(declared)  # each one a real class of the family's modules
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +139,16 @@ def test_one_timing_rule_the_processor_keeps_our_frames_and_encodes_their_time(
     (example,) = clip_examples(family, [0], frames=frames, duration_ms=duration_ms)
     batch = PromptCollator(processor, prompt)([example])
     fps = frames * 1000 / duration_ms
-    t, h, w = batch["video_grid_thw"][0].tolist()
-    assert (t, h * family.geometry.patch, w * family.geometry.patch) == (
-        math.ceil(frames / family.geometry.temporal_patch),
-        *example.frames.shape[1:3],
-    )
+    geometry = family.geometry
+    if geometry.keeps_sampled_size:
+        t, h, w = batch["video_grid_thw"][0].tolist()
+        assert (t, h * geometry.patch, w * geometry.patch) == (
+            math.ceil(frames / geometry.temporal_patch),
+            *example.frames.shape[1:3],
+        )
+    else:  # one tile per frame, every frame kept
+        tile = processor.video_processor.size
+        assert tuple(batch[family.video_inputs.pixels].shape) == (frames, 3, tile.height, tile.width)
     text = processor.tokenizer.decode(batch["input_ids"][0])
     stamps = [float(s) for s in re.findall(r"<(\d+\.\d) seconds>", text)]
     if family.time_encoding is TimeEncoding.TEXT_TIMESTAMPS:
@@ -143,6 +158,9 @@ def test_one_timing_rule_the_processor_keeps_our_frames_and_encodes_their_time(
         assert stamps == pytest.approx(expected)
     else:
         assert stamps == []
+    labels = re.findall(r"Frame(\d+): <img>", text)
+    expected_labels = list(range(1, frames + 1)) if family.time_encoding is TimeEncoding.FRAME_LABELS else []
+    assert [int(i) for i in labels] == expected_labels
     if family.time_encoding is TimeEncoding.MROPE_SECONDS:
         assert batch["second_per_grid_ts"].tolist() == pytest.approx([family.geometry.temporal_patch / fps])
     else:
@@ -160,8 +178,8 @@ def test_prompt_tokens_are_the_vision_tokens_plus_the_time_text(built, name):
     with_video = PromptCollator(processor, prompt)([example])["input_ids"].shape[1]
     without = len(processor.tokenizer(prompt.prompt(processor))["input_ids"])  # the one placeholder token
     _, h, w = example.frames.shape[:3]
-    expected = family.geometry.tokens_per_clip(8, w, h) + family.time_text_tokens(8)
-    assert with_video - (without - 1) == expected
+    config = load_base_model(ModelConfig(tiny=TinyModelSpec(family=name)), built[name]).config
+    assert with_video - (without - 1) == family.clip_tokens(8, w, h, config)
 
 
 def test_thinking_is_switched_off_so_the_label_follows_the_header(built):
@@ -244,7 +262,7 @@ def test_the_samplers_frame_rule_is_the_librarys():
         assert per_frame_size(h, w, grid, lo, hi) == smart_resize(h, w, grid, lo, hi), (h, w, grid, lo, hi)
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen3_5", "internvl"])
 def test_lora_dtypes_by_family(built, name):
     """The dtype census of a bf16 LoRA per family: frozen weights stay in `model.dtype`, the adapters and the
     trained copies (`modules_to_save`) are fp32, and that is what the VRAM planner counts bytes for."""

@@ -1,5 +1,6 @@
-"""The whole path for the current families on CPU (docs/families.md): `experiment=tiny_qwen3vl_cpu` and
-`experiment=tiny_qwen35_cpu` train, validate, test and export through the real entry-point code; the export then
+"""The whole path for the current families on CPU (docs/families.md): `experiment=tiny_qwen3vl_cpu`,
+`experiment=tiny_qwen35_cpu` and `experiment=tiny_internvl_cpu` train, validate, test and export through the real
+entry-point code; the export then
 serves (the engine behind `/predict`, the chat route and `/annotate`) and annotates a recording. The same frames
 give the same `input_ids`, positions and scores in evaluation and in serving."""
 
@@ -14,6 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
+from vlmchallenge.models.families import family_of
+from vlmchallenge.models.label_scorer import PROMPT_KEYS
 from vlmchallenge.serving.annotator import RecordingAnnotator
 from vlmchallenge.serving.inference import VLMInference
 from vlmchallenge.training.config import DataLoaderConfig
@@ -22,6 +25,7 @@ from vlmchallenge.training.datamodule import ShardDataModule
 EXPERIMENTS = {
     "tiny_qwen3vl_cpu": "Qwen3VLForConditionalGeneration",
     "tiny_qwen35_cpu": "Qwen3_5ForConditionalGeneration",
+    "tiny_internvl_cpu": "InternVLForConditionalGeneration",
 }
 
 
@@ -40,8 +44,11 @@ def family_run(request, tmp_path_factory):
 
 def test_the_tiny_family_trains_tests_and_exports(family_run):
     experiment, cfg, result = family_run
-    assert cfg.data.sampler.patch_factor == 32  # the family's grid, from experiment/common/grid32.yaml
-    assert type(result.components.module.model.base_model.model).__name__ == EXPERIMENTS[experiment]
+    model = result.components.module.model.base_model.model
+    assert type(model).__name__ == EXPERIMENTS[experiment]
+    geometry = family_of(model.config).geometry
+    if geometry.keeps_sampled_size:  # the family's grid (Qwen3's 32 px from experiment/common/grid32.yaml)
+        assert cfg.data.sampler.patch_factor == geometry.grid_px
     for key in ("val/f1_macro", "test/f1_macro", "test/openpack_f1_macro"):
         assert 0.0 <= float(result.metrics[key]) <= 1.0, key
     assert (result.report_dir / "report.md").is_file()
@@ -67,7 +74,9 @@ def test_serving_encodes_and_scores_as_evaluation_did(family_run):
     evaluation = PromptCollator(engine.processor, engine.prompt)(clips)
     spans = [{"start_ms": ex.meta["start_ms"], "end_ms": ex.meta["end_ms"]} for ex in clips]
     served = engine.encode([ex.frames for ex in clips], spans)
-    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw"):
+    keys = [key for key in PROMPT_KEYS if key in evaluation]
+    assert {"input_ids", family_of(engine.model.config).video_inputs.pixels} <= set(keys)
+    for key in keys:
         assert torch.equal(served[key], evaluation[key]), key
     # training saw the same prompt tokens, with the answer after them
     train = TrainCollator(engine.processor, engine.prompt)(clips)

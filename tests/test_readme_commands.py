@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers.in_process import run_as_main
 from tests.helpers.runs import CONF_DIR, TINY_TRAIN_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +126,9 @@ ELSEWHERE = {
         "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
     ),
     ".venv/bin/python -m vlmchallenge.train experiment=tiny_qwen35_cpu": (
+        "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
+    ),
+    ".venv/bin/python -m vlmchallenge.train experiment=tiny_internvl_cpu": (
         "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
     ),
     ".venv/bin/python -m vlmchallenge.verify shards=data/shards/openpack-<hash>": (
@@ -262,69 +265,6 @@ def test_make_targets_named_in_the_readme_exist():
 
 
 # ---------------------------------------------------------------- running the commands
-
-
-def run_as_main(module: str, args: list[str], log: Path, cwd: Path) -> int:
-    """`python -m <module> <args>` in this process (runpy runs the module as `__main__`, as `python -m` does),
-    its output (fd 1 and 2) into `log`, run in `cwd` with nothing downloadable; returns the exit status. What a
-    run changes in the process (argv, cwd, environment, logging handlers, Hydra's global state) is put back."""
-    import logging
-    import os
-    import runpy
-    import traceback
-
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    argv, env, here, streams = sys.argv[:], dict(os.environ), os.getcwd(), (sys.stdout, sys.stderr)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fds = os.dup(1), os.dup(2)
-    rc = 0
-    with open(log, "w", buffering=1) as out:
-        # both levels: pytest's capture replaces sys.stdout, and child processes and C code write to fd 1/2
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        sys.stdout = sys.stderr = out
-        try:
-            os.chdir(cwd)
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            sys.argv = [module, *args]
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else int(e.code is not None)
-        except BaseException:  # noqa: BLE001 (reported as the command's failure, with its traceback in the log)
-            traceback.print_exc()
-            rc = 1
-        finally:
-            out.flush()
-            sys.stdout, sys.stderr = streams
-            os.dup2(fds[0], 1)
-            os.dup2(fds[1], 2)
-            for fd in fds:
-                os.close(fd)
-            os.chdir(here)
-            os.environ.clear()
-            os.environ.update(env)
-            sys.argv = argv
-            for h in root.handlers[:]:
-                if h not in handlers:
-                    root.removeHandler(h)
-                    h.close()
-            # a handler a library made at import during the run (onto the then sys.stderr): drop it
-            for logger in logging.Logger.manager.loggerDict.values():
-                for h in getattr(logger, "handlers", [])[:]:
-                    if getattr(h, "stream", None) is out:
-                        logger.removeHandler(h)
-            for h in handlers:
-                if h not in root.handlers:
-                    root.addHandler(h)
-            root.setLevel(level)
-            GlobalHydra.instance().clear()
-            HydraConfig.instance().cfg = None
-    return rc
 
 
 def localize(command: str, replace: dict[str, str], add: list[str]) -> tuple[str, list[str]]:

@@ -39,6 +39,7 @@ def compose(tmp_path, data_dir, *overrides):
     [
         ("tiny_cpu", ("Qwen2VLDecoderLayer", "Qwen2VLVisionBlock")),
         ("tiny_qwen35_cpu", ("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock")),
+        ("tiny_internvl_cpu", ("Qwen3DecoderLayer", "InternVLVisionLayer")),
     ],
 )
 def test_fsdp_preset_wraps_and_checkpoints_the_decoder_layers_and_vision_blocks(

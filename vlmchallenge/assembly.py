@@ -196,7 +196,7 @@ def check_family(settings: RunSettings, family: Family, trainer: DictConfig | No
     if strategy_kind(strategy) == "fsdp" and strategy.get("wrap") is None:
         strategy.wrap = family.fsdp_wrap_paths()  # the blocks transformers never splits, of this family
     grid = family.geometry.grid_px
-    if settings.data.sampler.patch_factor != grid:
+    if family.geometry.keeps_sampled_size and settings.data.sampler.patch_factor != grid:
         raise ValueError(
             f"data.sampler.patch_factor={settings.data.sampler.patch_factor}, but {family} cuts frames into "
             f"{grid}-px tokens (patch {family.geometry.patch} x merge {family.geometry.merge}): set "

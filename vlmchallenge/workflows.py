@@ -259,10 +259,13 @@ def plan_memory(cfg: DictConfig) -> BatchPlan:
     w, h = FrameSampler(sampler).output_size(*size)
     family = model_family(model)
     model.check_family(family)
-    vision = family.geometry.tokens_per_clip(sampler.num_frames, w, h)
-    text = cfg.vram.text_tokens + family.time_text_tokens(sampler.num_frames)
-    inputs = footprint_inputs(model, optim, vision + text, vision)
-    arch = architecture_from_config(model_config_for(model))
+    config = model_config_for(model)
+    clip = family.clip_tokens(sampler.num_frames, w, h, config)
+    vision = family.geometry.tokens_per_clip(
+        sampler.num_frames, *family.geometry.processed_size(w, h, config)
+    )
+    inputs = footprint_inputs(model, optim, cfg.vram.text_tokens + clip, vision)
+    arch = architecture_from_config(config)
     devices = cfg.trainer.get("devices", 1)
     world = (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes") or 1)
     # as the VRAMPlanner callback does: the global batch is split over the ranks, each rank plans its share

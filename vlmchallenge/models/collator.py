@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlmchallenge.models.families.video_inputs import FRAMES_PER_CLIP
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.video_timing import video_metadata
 
@@ -48,6 +49,7 @@ class _Base:
         )
         batch = dict(enc)
         batch["class_index"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        batch[FRAMES_PER_CLIP] = torch.tensor([len(ex.frames) for ex in examples], dtype=torch.long)
         batch["meta"] = [ex.meta for ex in examples]
         return batch
 

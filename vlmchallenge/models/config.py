@@ -32,7 +32,7 @@ class QuantizationSettings:
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "bfloat16"
-    # null: the family's vision tower and lm_head (`Family.vram.vision_prefix`)
+    # null: the family's vision tower and lm_head (`Family.kept_out_of_4bit`)
     skip_modules: list[str] | None = None
     # the dtype the packed 4-bit weights are stored in; null: bitsandbytes' uint8. FSDP shards only float tensors
     # of one dtype per block, so under FSDP assembly sets it to the compute dtype (docs/scaling.md §3)

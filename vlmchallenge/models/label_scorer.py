@@ -16,17 +16,14 @@ from collections import defaultdict
 import torch
 
 from vlmchallenge.models.families import family_of
+from vlmchallenge.models.families.video_inputs import VideoInputs, select_clips
 from vlmchallenge.models.prompt import PromptBuilder
 
-# `second_per_grid_ts`: the per-clip time step of M-RoPE-seconds families (models/video_timing.py); others omit it.
-PROMPT_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "mm_token_type_ids",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-)
+# Every family's prompt inputs (models/families/video_inputs.py): text, then the pixels and per-clip tensors of
+# grid families (`second_per_grid_ts`: the time step of M-RoPE-seconds ones; models/video_timing.py) and of tile
+# families (`pixel_values`, a tile per frame). A batch holds the keys of its own family only.
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+PROMPT_KEYS = (*TEXT_KEYS, "pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values")
 
 
 def _rope_deltas(model) -> torch.Tensor:
@@ -47,25 +44,11 @@ def answer_positions(model, prompt_len: int, steps: int, rows: int, repeats: int
     return (positions + deltas)[None].expand(rows, -1, -1)
 
 
-def select_rows(batch: dict, rows: list[int]) -> dict:
-    """Rows of a prompt batch, with their video patches; left padding removed when all rows share a length."""
-    per_video = batch["video_grid_thw"].prod(-1).tolist()
-    offsets = [0]
-    for n in per_video:
-        offsets.append(offsets[-1] + n)
+def select_rows(layout: VideoInputs, batch: dict, rows: list[int]) -> dict:
+    """Rows of a prompt batch, with their video pixels; left padding removed when all rows share a length."""
     length = int(batch["attention_mask"][rows[0]].sum())
-    out = {
-        k: batch[k][rows, -length:]
-        for k in ("input_ids", "attention_mask", "mm_token_type_ids")
-        if k in batch
-    }
-    out["video_grid_thw"] = batch["video_grid_thw"][rows]
-    if "second_per_grid_ts" in batch:
-        out["second_per_grid_ts"] = batch["second_per_grid_ts"][rows]
-    out["pixel_values_videos"] = torch.cat(
-        [batch["pixel_values_videos"][offsets[r] : offsets[r + 1]] for r in rows]
-    )
-    return out
+    out = {k: batch[k][rows, -length:] for k in TEXT_KEYS if k in batch}
+    return out | select_clips(layout, batch, rows)
 
 
 class LabelScorer:
@@ -84,8 +67,9 @@ class LabelScorer:
         for row, n in enumerate(lengths):
             groups[n].append(row)
         out = torch.empty(len(lengths), self.num_classes)
+        layout = family_of(model.config).video_inputs
         for rows in groups.values():
-            out[rows] = self._score_same_length(model, select_rows(batch, rows)).cpu()
+            out[rows] = self._score_same_length(model, select_rows(layout, batch, rows)).cpu()
         return out
 
     def _score_same_length(self, model, enc: dict) -> torch.Tensor:
@@ -122,19 +106,17 @@ class LabelScorer:
         """Reference: one full forward per (clip, class). Slow; used by tests and bench/scoring.py.
 
         Deliberately shares no code with `score`: each row is cut out of the batch here (its own left padding
-        dropped by the attention mask, its own video patches found by counting patches per clip)."""
-        patches_per_clip = batch["video_grid_thw"].prod(-1).tolist()
-        out = torch.empty(len(patches_per_clip), self.num_classes)
-        for row in range(len(patches_per_clip)):
+        dropped by the attention mask, its own pixel rows found by counting the rows of the clips before it)."""
+        layout = family_of(model.config).video_inputs
+        rows_per_clip = layout.rows_per_clip(batch)
+        out = torch.empty(len(rows_per_clip), self.num_classes)
+        for row in range(len(rows_per_clip)):
             real = batch["attention_mask"][row].bool()
             prompt_ids = batch["input_ids"][row][real][None]
             mm_types = batch["mm_token_type_ids"][row][real][None] if "mm_token_type_ids" in batch else None
-            first_patch = sum(patches_per_clip[:row])
-            pixels = batch["pixel_values_videos"][first_patch : first_patch + patches_per_clip[row]]
-            grid = batch["video_grid_thw"][row : row + 1]
-            timing = {}
-            if "second_per_grid_ts" in batch:
-                timing["second_per_grid_ts"] = batch["second_per_grid_ts"][row : row + 1]
+            first = sum(rows_per_clip[:row])
+            vision = {layout.pixels: batch[layout.pixels][first : first + rows_per_clip[row]]}
+            vision |= {key: batch[key][row : row + 1] for key in layout.per_clip if key in batch}
             p = prompt_ids.shape[1]
             for c in range(self.num_classes):
                 answer = self.answers[c, : self.lengths[c]].to(prompt_ids.device)[None]
@@ -145,10 +127,8 @@ class LabelScorer:
                 logits = model(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
-                    pixel_values_videos=pixels,
-                    video_grid_thw=grid,
+                    **vision,
                     **extra,
-                    **timing,
                 ).logits.float()
                 # the token at position i is predicted by the logits at i - 1
                 log_probs = logits[0, p - 1 : p - 1 + answer.shape[1]].log_softmax(-1)

@@ -61,7 +61,9 @@ def configure_video_size(processor, sampler: SamplerConfig, family: Family) -> N
     timestamps for frames we never sent (docs/families.md §2)."""
     video = processor.video_processor
     max_frames = sampler.num_frames if sampler.strategy == "uniform" else sampler.max_frames
-    video.size = family.geometry.processor_size(sampler.min_pixels, sampler.max_pixels, max_frames)
+    size = family.geometry.processor_size(sampler.min_pixels, sampler.max_pixels, max_frames)
+    if size is not None:  # a tile family's processor keeps its size: the vision tower's input
+        video.size = size
     if hasattr(video, "do_sample_frames"):
         video.do_sample_frames = False  # never drop frames we chose
     if hasattr(video, "cap_pixels_per_frame"):

@@ -91,13 +91,12 @@ class VLMClassifier(pl.LightningModule):
         if SKIPPED_KEY in batch:  # this epoch's samples lost to unreadable shards so far (ShardDataModule)
             self.log("data/skipped_samples", float(batch[SKIPPED_KEY]), batch_size=n)
         if batch_idx == 0:
-            tokens = self.family.geometry.tokens(batch["video_grid_thw"]).float().mean()
+            tokens = self.family.video_inputs.vision_tokens(batch).float().mean()
             self.log("train/vision_tokens", tokens, batch_size=n)
             self.log("train/seq_len", float(batch["input_ids"].shape[1]), batch_size=n)
             if self.global_step == 0:
                 rank_zero_info(
-                    f"vision tokens per clip: {int(tokens)} (video grid t,h,w = "
-                    f"{batch['video_grid_thw'][0].tolist()}); sequence length {batch['input_ids'].shape[1]}"
+                    f"vision tokens per clip: {int(tokens)}; sequence length {batch['input_ids'].shape[1]}"
                 )
         return loss
 

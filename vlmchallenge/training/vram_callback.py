@@ -86,7 +86,7 @@ class VRAMPlanner(pl.Callback):
             )
         batch = dm.peek_train_batch()
         seq_len = int(batch["input_ids"].shape[1])
-        vision = int(model_family(pl_module.model_cfg).geometry.tokens(batch["video_grid_thw"]).max())
+        vision = int(model_family(pl_module.model_cfg).video_inputs.vision_tokens(batch).max())
         answer = int((batch["labels"] != -100).sum(1).max())  # the tokens lm_head runs on (answer_loss.py)
         arch = architecture_from_config(model_config_for(pl_module.model_cfg))
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size

@@ -64,7 +64,11 @@ def architecture_from_config(config) -> Architecture:
     family = family_of(config)
     params = dict(model.named_parameters())  # tied weights appear once
     total = sum(p.numel() for p in params.values())
-    vision = sum(p.numel() for n, p in params.items() if n.startswith(family.vram.vision_prefix + "."))
+    vision = sum(
+        p.numel()
+        for n, p in params.items()
+        if n.startswith(tuple(p + "." for p in family.vram.vision_prefixes))
+    )
     experts = 0
     if family.vram.moe_experts:
         experts = sum(p.numel() for n, p in params.items() if family.vram.moe_experts in n)

@@ -17,13 +17,14 @@ from vlmchallenge.models.families.base import (
     TimeEncoding,
     VideoGeometry,
 )
+from vlmchallenge.models.families.internvl import INTERNVL
 from vlmchallenge.models.families.qwen2_vl import QWEN2_5_VL, QWEN2_VL
 from vlmchallenge.models.families.qwen3_5 import QWEN3_5
 from vlmchallenge.models.families.qwen3_vl import QWEN3_VL
 from vlmchallenge.models.families.tiny_build import ensure_built
 from vlmchallenge.models.families.tiny_spec import DEFAULT_TINY_FAMILY, TinyModelSpec
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_5)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_5, INTERNVL)}
 _BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
 
 __all__ = [

@@ -26,6 +26,7 @@ from vlmchallenge.models.families.tiny_build import (
     train_tokenizer,
 )
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
+from vlmchallenge.models.families.video_inputs import PatchGrid
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -144,8 +145,9 @@ def _build(spec: TinyModelSpec, out_dir: Path, version: str) -> None:
 _COMMON = dict(
     lora_targets=LM_ATTENTION_AND_MLP,
     qlora=QLORA_OK,
-    vram=VramTerms(vision_prefix="model.visual"),
+    vram=VramTerms(vision_prefixes=("model.visual",)),
     mrope_rows=3,
+    video_inputs=PatchGrid(merge=2),
 )
 
 QWEN2_VL = Family(

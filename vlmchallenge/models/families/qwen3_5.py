@@ -26,6 +26,7 @@ from vlmchallenge.models.families.qwen3_vl import (
 )
 from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
+from vlmchallenge.models.families.video_inputs import PatchGrid
 
 LM_LINEARS = (
     r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
@@ -96,8 +97,9 @@ QWEN3_5 = Family(
         "Qwen3_5MoeDecoderLayer",
         "Qwen3_5MoeVisionBlock",
     ),
-    vram=VramTerms(vision_prefix="model.visual", moe_experts="mlp.experts."),
+    vram=VramTerms(vision_prefixes=("model.visual",), moe_experts="mlp.experts."),
     mrope_rows=3,
+    video_inputs=PatchGrid(merge=2),
     chat_template_kwargs=THINKING_OFF,
     example_hub_id="Qwen/Qwen3.5-2B",
     build_tiny=build_tiny,

@@ -28,6 +28,7 @@ from vlmchallenge.models.families.qwen2_vl import (
 )
 from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS, mrope_section, save_tiny, seeded
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
+from vlmchallenge.models.families.video_inputs import PatchGrid
 
 GEOMETRY = VideoGeometry(patch=16, temporal_patch=2, merge=2, budget=PixelBudget.PER_CLIP)
 
@@ -135,8 +136,9 @@ QWEN3_VL = Family(
         "Qwen3VLMoeTextDecoderLayer",
         "Qwen3VLMoeVisionBlock",
     ),
-    vram=VramTerms(vision_prefix="model.visual", moe_experts="mlp.experts."),
+    vram=VramTerms(vision_prefixes=("model.visual",), moe_experts="mlp.experts."),
     mrope_rows=3,
+    video_inputs=PatchGrid(merge=2),
     example_hub_id="Qwen/Qwen3-VL-4B-Instruct",
     build_tiny=build_tiny,
 )
