@@ -1,6 +1,6 @@
 """InternVL 3.5 in transformers' own classes (`models/internvl`; the `-HF` checkpoints, e.g.
 OpenGVLab/InternVL3_5-1B-HF; InternVL3.5 report, arXiv:2508.18265): the non-Qwen family, picked because it differs
-from Qwen where an adapter must generalise, and needs nothing beyond transformers (docs/families.md §9).
+from Qwen where an adapter must generalise, and needs nothing beyond transformers (docs/families.md §7).
 
 - Every frame is one square tile at the vision tower's input size (448 px in the checkpoints), whatever the
   frame's shape: InternViT's 14-px patches, then a pixel shuffle at ratio 0.5 that merges 2 x 2 patches into one
