@@ -10,7 +10,8 @@ from Qwen where an adapter must generalise, and needs nothing beyond transformer
 - Time: none beyond order. The processor writes `Frame{i}: <img>...</img>` per frame
   (`InternVLProcessor.replace_video_token`) and never reads the fps; its video processor does not re-sample by
   default (`do_sample_frames=False`).
-- The language model is a dense Qwen3 (Qwen2 in InternVL3): LoRA targets its attention and MLP, as in Qwen.
+- The language model is a Qwen3 (Qwen2 in InternVL3; Qwen3-MoE in 30B-A3B): LoRA targets its attention and
+  MLP linears, as in Qwen (fused MoE experts are not `nn.Linear`s).
 """
 
 from __future__ import annotations
@@ -142,14 +143,16 @@ INTERNVL = Family(
     lora_targets=LM_ATTENTION_AND_MLP,
     qlora=QLoraPolicy(
         True,
-        "a dense Qwen decoder, the QLoRA paper's setting (arXiv:2305.14314); the InternViT tower and the MLP "
-        "projector stay 16-bit",
+        "a Qwen decoder in 4-bit NF4, the QLoRA paper's setting (arXiv:2305.14314); the InternViT tower and "
+        "the MLP projector stay 16-bit",
     ),
-    fsdp_wrap=("InternVLVisionLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"),
-    vram=VramTerms(vision_prefixes=("model.vision_tower", "model.multi_modal_projector")),
+    fsdp_wrap=("InternVLVisionLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "Qwen3MoeDecoderLayer"),
+    vram=VramTerms(
+        vision_prefixes=("model.vision_tower", "model.multi_modal_projector"), moe_experts="mlp.experts."
+    ),
     mrope_rows=1,
     video_inputs=FrameTiles(patch=GEOMETRY.patch, merge=GEOMETRY.merge),
     example_hub_id="OpenGVLab/InternVL3_5-1B-HF",
     build_tiny=build_tiny,
-    text_model_types=("qwen2", "qwen3"),
+    text_model_types=("qwen2", "qwen3", "qwen3_moe"),
 )
