@@ -15,6 +15,12 @@ SIGTERM handler, and it expects its children to hear nothing but its own stop or
   process says it has finished (`ApiServerDone`, LitServe's `on_server_end`, which runs when uvicorn's lifespan
   ends) through a shared event; from then on a stop signal ends them as it does by default, which is how
   LitServe's `terminate()` stops the workers.
+- The main thread must hear the signal. Python runs signal handlers in the main thread only, between bytecodes;
+  the kernel hands a process-directed signal to any thread that does not block it. `LitServer.run` waits in one
+  blocking call on a manager event (a socket read), so a signal taken by another thread (torch's, a watcher)
+  set Python's flag and woke nothing: the main thread went on waiting, and a Ctrl+C to the group under load left
+  the server running past 90 s (tests/test_serving_faults.py). `PollingEvent` makes that wait return to Python
+  every `SIGNAL_POLL_S`, so the handler runs within that time whichever thread took the signal.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.synchronize import Event
@@ -29,6 +36,31 @@ from multiprocessing.synchronize import Event
 import litserve as ls
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNAL_POLL_S = 0.5  # how soon the main thread acts on a stop signal another thread took
+
+
+class PollingEvent:
+    """A multiprocessing manager's `Event` proxy whose `wait()` is a loop of short waits (see the module's last
+    point); `set`, `is_set` and `clear` pass through. Picklable as the proxy it holds."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = SIGNAL_POLL_S if deadline is None else min(SIGNAL_POLL_S, deadline - time.monotonic())
+            if self.event.wait(max(step, 0)) or (deadline is not None and time.monotonic() >= deadline):
+                return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def clear(self) -> None:
+        self.event.clear()
 
 
 def api_done_event() -> Event:

@@ -29,6 +29,8 @@ from multiprocessing.synchronize import Event
 import litserve as ls
 from litserve.utils import WorkerSetupStatus
 
+from vlmchallenge.serving.shutdown import PollingEvent
+
 log = logging.getLogger(__name__)
 
 EXIT_PROCESS_DIED = 70  # EX_SOFTWARE in sysexits.h; any non-zero code makes `Restart=on-failure` restart it
@@ -59,6 +61,13 @@ class FailFastLitServer(ls.LitServer):
         self.watcher: threading.Thread | None = None
         self.died: str | None = None  # the line logged when a process died
         self.manager_process: mp.process.BaseProcess | None = None
+
+    def _init_manager(self, num_api_servers: int):
+        """LitServe's manager, with the main thread's wait for the shutdown event made signal-responsive
+        (serving/shutdown.py: `PollingEvent`)."""
+        manager = super()._init_manager(num_api_servers)
+        self._shutdown_event = PollingEvent(self._shutdown_event)
+        return manager
 
     def launch_inference_worker(self, lit_api: ls.LitAPI):
         workers = super().launch_inference_worker(lit_api)
