@@ -414,13 +414,27 @@ def wait_for_health(server: LiveServer, statuses=(200,)) -> int:
     return code
 
 
+@contextlib.contextmanager
+def sigint_as_in_a_terminal():
+    """A child inherits an ignored SIGINT (a non-interactive shell's `cmd &` ignores it, and Python then keeps
+    ignoring it), while a handled one is reset to the default at exec. So the server starts as a terminal's
+    foreground job would, with Ctrl+C meaning stop, however this test run was started."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def launch_server(export_dir, log: Path, *overrides, env=None, until=(200,), attempts=3) -> LiveServer:
     """`python -m vlmchallenge.serve` on a free port, once `/health` answers one of `until`. Another process may
     take the port between our probe and the server's bind; then the server exits at once, saying so, and it is
     started again on a fresh port. Every test that starts a server starts it here."""
     for attempt in range(1, attempts + 1):
         port = free_port()
-        with open(log, "w") as f:
+        with open(log, "w") as f, sigint_as_in_a_terminal():
             proc = subprocess.Popen(
                 [sys.executable, "-m", "vlmchallenge.serve", f"export_dir={export_dir}", f"port={port}"]
                 + ["device=cpu", f"hydra.run.dir={log.parent}", *overrides],

@@ -1,7 +1,7 @@
 """The server's main thread acts on a stop signal whichever of its threads the kernel hands it to
 (serving/shutdown.py: `PollingEvent`). The kernel may deliver a process-directed signal to any thread; Python runs
 the handler in the main thread only, and only between bytecodes, so a main thread blocked in one long manager
-wait slept through a Ctrl+C under load. Here the signal is sent to another thread on purpose (`pthread_kill`)."""
+wait sleeps through a stop signal another thread took. Here the signal is sent to another thread on purpose (`pthread_kill`)."""
 
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ SIGTERM handler, and it expects its children to hear nothing but its own stop or
 - The main thread must hear the signal. Python runs signal handlers in the main thread only, between bytecodes;
   the kernel hands a process-directed signal to any thread that does not block it. `LitServer.run` waits in one
   blocking call on a manager event (a socket read), so a signal taken by another thread (torch's, a watcher)
-  set Python's flag and woke nothing: the main thread went on waiting, and a Ctrl+C to the group under load left
-  the server running past 90 s (tests/test_serving_faults.py). `PollingEvent` makes that wait return to Python
-  every `SIGNAL_POLL_S`, so the handler runs within that time whichever thread took the signal.
+  sets Python's flag and wakes nothing until that read returns. `PollingEvent` makes that wait return to Python
+  every `SIGNAL_POLL_S`, so the handler runs within that time whichever thread took the signal
+  (tests/test_signal_polling.py; docs/serving.md §2).
 """
 
 from __future__ import annotations
