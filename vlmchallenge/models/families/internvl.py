@@ -26,7 +26,7 @@ from vlmchallenge.models.families.base import (
     VideoGeometry,
     VramTerms,
 )
-from vlmchallenge.models.families.qwen2_vl import LM_ATTENTION_AND_MLP, set_generation_ids, text_ids
+from vlmchallenge.models.families.qwen2_vl import LM_ATTENTION_AND_MLP, set_generation_ids, text_sizes
 from vlmchallenge.models.families.tiny_build import CHATML_TOKENS, save_tiny, seeded, train_tokenizer
 from vlmchallenge.models.families.tiny_spec import TinyModelSpec
 from vlmchallenge.models.families.video_inputs import FrameTiles
@@ -87,16 +87,9 @@ def tiny_config(spec: TinyModelSpec, tok):
         ),
         text_config=dict(
             model_type="qwen3",
-            vocab_size=len(tok),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
+            **text_sizes(spec, tok),
             head_dim=spec.head_dim,
-            max_position_embeddings=4096,
             tie_word_embeddings=False,
-            **text_ids(tok),
         ),
         image_token_id=tok.convert_tokens_to_ids(NAMED_TOKENS["context_image_token"]),
         image_seq_length=tokens_per_tile(TINY_TILE),

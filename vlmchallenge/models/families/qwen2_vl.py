@@ -77,6 +77,20 @@ def vision_token_ids(tok) -> dict[str, int]:
     }
 
 
+def text_sizes(spec: TinyModelSpec, tok) -> dict:
+    """The tiny language model's sizes and special-token ids, shared by every tiny builder's text config."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=4096,
+        **text_ids(tok),
+    )
+
+
 def text_ids(tok) -> dict[str, int]:
     pad, eos = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
     return {"bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad}
@@ -114,19 +128,12 @@ def _build(spec: TinyModelSpec, out_dir: Path, version: str) -> None:
         )
     cfg = config_cls(
         text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=4096,
+            **text_sizes(spec, tok),
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 1e6,
                 "mrope_section": mrope_section(spec.head_dim, interleaved=False),
             },
-            **text_ids(tok),
         ),
         vision_config=vision,
         **vision_token_ids(tok),

@@ -23,7 +23,7 @@ from vlmchallenge.models.families.qwen2_vl import (
     QLORA_OK,
     qwen_tokenizer,
     set_generation_ids,
-    text_ids,
+    text_sizes,
     vision_token_ids,
 )
 from vlmchallenge.models.families.tiny_build import TIMESTAMP_CORPUS, mrope_section, save_tiny, seeded
@@ -63,21 +63,14 @@ def tiny_vision_config(spec: TinyModelSpec) -> dict:
 
 def tiny_text_config(spec: TinyModelSpec, tok) -> dict:
     return dict(
-        vocab_size=len(tok),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
+        **text_sizes(spec, tok),
         head_dim=spec.head_dim,
-        max_position_embeddings=4096,
         rope_parameters={
             "rope_type": "default",
             "rope_theta": 5e6,
             "mrope_section": mrope_section(spec.head_dim, interleaved=True),
             "mrope_interleaved": True,
         },
-        **text_ids(tok),
     )
 
 
