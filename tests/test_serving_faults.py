@@ -120,7 +120,8 @@ def server(export_dir, tmp_path_factory):
     """One server (max_queue=2) for the overload test, then stopped by the SIGTERM drill. `timeout=300`: on a
     busy machine a heavy request must never become a 504, which would make the overload test flaky."""
     log = tmp_path_factory.mktemp("faults") / "server.log"
-    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300")
+    env = stack_dump_env(log.parent / "hooks")  # what_is_left asks every process for its stacks
+    server = launch_server(export_dir, log, "api_key=null", f"max_queue={MAX_QUEUE}", "timeout=300", env=env)
     yield server
     if server.proc.poll() is None:
         os.kill(server.proc.pid, signal.SIGTERM)
