@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import vlmchallenge.conf_schema  # noqa: F401
 from tests.helpers.runs import CONF_DIR
-from vlmchallenge.assembly import as_dataclass
+from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig, OptimConfig
 from vlmchallenge.models.families import FAMILIES

@@ -4,6 +4,8 @@ assembly, workflows and entry points. Read from the source with `ast`, so nothin
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,13 @@ def test_the_check_finds_an_upward_import(tmp_path, files, expected):
         (tmp_path / name).write_text(text + "\n")
     found = layer_violations(tmp_path, ["data", "models", "training"])
     assert len(found) == 1 and expected in found[0]
+
+
+def test_the_data_commands_start_without_lightning_or_transformers():
+    """`prepare` and `verify` need neither (docs/architecture.md): importing them would double their start."""
+    heavy = ("pytorch_lightning", "lightning_fabric", "transformers", "peft")
+    probe = f"import sys, vlmchallenge.prepare, vlmchallenge.verify; print(sorted(set(sys.modules) & {set(heavy)}))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

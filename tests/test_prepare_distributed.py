@@ -17,7 +17,7 @@ import vlmchallenge.conf_schema  # noqa: F401
 from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import merge_jobs, prepare
-from vlmchallenge.workflows import run_prepare
+from vlmchallenge.data_workflows import run_prepare
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

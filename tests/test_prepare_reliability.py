@@ -16,7 +16,7 @@ from rich.console import Console
 
 import vlmchallenge.conf_schema  # noqa: F401
 from tests.helpers.runs import CONF_DIR, SMALL_DATA_OVERRIDES
-from vlmchallenge.assembly import as_dataclass
+from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data.annotation_parser import parse_operations_csv
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.frame_source import JpegFolderSource

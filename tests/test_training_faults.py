@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.helpers.runs import compose_train
 from tests.helpers.shard_damage import complete_before, flip_header_bit, members, truncate
 from vlmchallenge.data.pipeline import prepare
+from vlmchallenge.data_workflows import run_prepare
 from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule, read_split_shards
 from vlmchallenge.training.shard_errors import (
@@ -22,7 +23,7 @@ from vlmchallenge.training.shard_errors import (
     TooManySkippedSamples,
     UnreadableShardError,
 )
-from vlmchallenge.workflows import run_prepare, train
+from vlmchallenge.workflows import train
 
 
 def keys_batch(examples) -> dict:

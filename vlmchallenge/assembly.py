@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
+from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
@@ -39,14 +40,6 @@ from vlmchallenge.utils.instantiators import instantiate_callbacks, instantiate_
 STAGES = ("fit", "evaluate", "export")
 # the config groups a checkpoint's own settings can be overridden in (`evaluate ckpt=... data.root=...`)
 SETTING_GROUPS = ("data", "dataloader", "model", "optim")
-
-
-def as_dataclass(schema, node):
-    """A config node as its dataclass: interpolations resolved, validated against the schema. Works for
-    composed configs and for plain dicts (a checkpoint's hyperparameters)."""
-    if OmegaConf.is_config(node):
-        node = OmegaConf.to_container(node, resolve=True)  # interpolations resolve against the whole config
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.workflows import run_prepare
+from vlmchallenge.data_workflows import run_prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")

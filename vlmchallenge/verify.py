@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.workflows import verify
+from vlmchallenge.data_workflows import verify
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="verify")

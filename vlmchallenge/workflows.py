@@ -1,7 +1,9 @@
-"""What each entry point runs, as library functions over the assembly (testable without a command line).
+"""What the model commands run, as library functions over the assembly (testable without a command line).
 
-prepare -> shards; train -> fit, test report, export; evaluate -> report of a checkpoint or an export folder;
-export -> an export folder from a checkpoint alone; plan_memory -> the VRAM plan of a config, offline.
+train -> fit, test report, export; evaluate -> report of a checkpoint or an export folder; export -> an export
+folder from a checkpoint alone; vram (`plan_memory`) -> the VRAM plan of a config, offline; annotate -> the
+timeline of a whole recording. The data commands are in `data_workflows.py`, apart, so that they start without
+importing Lightning or transformers.
 """
 
 from __future__ import annotations
@@ -16,17 +18,14 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from vlmchallenge.assembly import (
     Components,
-    as_dataclass,
     assemble,
     load_checkpoint,
     settings_from_checkpoint,
     settings_from_config,
     settings_from_export,
 )
-from vlmchallenge.data.config import DataConfig
+from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
-from vlmchallenge.data.pipeline import PrepareResult, merge_jobs, prepare
-from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 from vlmchallenge.evaluation.report import build_report
 from vlmchallenge.models.architectures import model_config_for
 from vlmchallenge.models.exporter import export_model
@@ -37,46 +36,6 @@ from vlmchallenge.training.vram_math import GIB, BatchPlan, architecture_from_co
 from vlmchallenge.training.vram_report import breakdown_png, print_plan
 from vlmchallenge.utils.distributed import share_run_dir
 from vlmchallenge.utils.runs import print_locations
-
-
-def run_prepare(cfg: DictConfig) -> PrepareResult:
-    """Shards for `cfg.data` (all sessions, or a subset job's), or with `merge=true` the split indexes and the
-    manifest from the subset jobs' done-markers; prints and saves the summary."""
-    from hydra.core.hydra_config import HydraConfig
-    from rich.console import Console
-
-    data = as_dataclass(DataConfig, cfg.data)
-    console = Console()
-    if cfg.get("merge", False):
-        result = merge_jobs(data, cfg.paths.data_dir)
-    else:
-        progress, update = session_progress(console)
-        with progress:
-            result = prepare(data, cfg.paths.data_dir, progress=update)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    merge_cmd = merge_command(overrides) if result.subset else None
-    print_summary(result, console, merge_cmd)
-    write_summary(result, Path(cfg.paths.output_dir) / "prepare_summary.json", merge_cmd)
-    return result
-
-
-def verify(cfg: DictConfig):
-    """Every shard of a prepared folder (`shards=<dir>`, else the one `cfg.data` prepares into) against its split
-    index; prints the verdict and returns the `VerifyResult` (the entry point exits 1 unless it is ok)."""
-    from rich.console import Console
-
-    from vlmchallenge.data import locations
-    from vlmchallenge.data.summary import print_verify
-    from vlmchallenge.data.verify import verify_shards
-
-    folder = cfg.shards or as_dataclass(DataConfig, cfg.data).resolved_out_dir(cfg.paths.data_dir)
-    if locations.is_remote(str(folder)):
-        raise ValueError(
-            f"verify reads a local folder, got {folder}; verify the local copy before uploading it"
-        )
-    result = verify_shards(folder)
-    print_verify(result, Console())
-    return result
 
 
 @dataclass
