@@ -146,6 +146,11 @@ NOT_HERE = {
     "make lint": "a style check of the working tree (ruff), not behaviour; it would fail on anyone's work in progress",
     "make bench": "benchmarks: minutes of CPU, their numbers are docs/benchmarks.md's",
     "make gpu-check": CUDA,
+    ".venv/bin/python bench/device/bundle.py": "downloads 45 MB of wheels from PyPI; its pins and size check: "
+    "tests/test_device_bundle.py",
+    "bench/device/rehearse.sh": "fills a 3 GB venv with torch 2.11 (the device's versions); its result is in "
+    "docs/gpu-check.md §5",
+    "bench/gpu_check.sh --device-image": CUDA,
     ".venv/bin/python -m pytest -m gpu": CUDA,
     ".venv/bin/python -m vlmchallenge.train experiment=qwen2vl_2b_qlora data.root=/path/to/openpack/v1.0.0": REAL_MODEL,
     ".venv/bin/python -m vlmchallenge.train experiment=qwen3vl_4b_lora data.root=/path/to/openpack/v1.0.0": REAL_MODEL,

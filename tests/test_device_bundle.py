@@ -1,0 +1,54 @@
+"""The wheel bundle for the lent GPU machine (bench/device/bundle.py, docs/gpu-check.md): its pins are the
+versions this suite runs with, so the device serves and trains with the stack tested here; its size check
+refuses a bundle that would not travel. Downloading it (45 MB from PyPI) is not part of the suite."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "device" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bundle = load("bundle")
+
+
+def test_every_pin_is_the_version_this_suite_runs_with():
+    pins = dict(p.split("==") for p in bundle.pins())
+    assert {"hydra-core", "omegaconf", "webdataset", "litserve", "bitsandbytes"} <= set(pins)
+    differ = {name: (v, metadata.version(name)) for name, v in pins.items() if metadata.version(name) != v}
+    assert differ == {}, f"bench/device/bundle.txt pins (pinned, installed here): {differ}"
+
+
+def test_a_line_without_one_version_is_refused(tmp_path, monkeypatch):
+    pins = tmp_path / "bundle.txt"
+    pins.write_text("# comment\nhydra-core==1.3.2\nwebdataset>=1.0   # a range\n")
+    monkeypatch.setattr(bundle, "PINS", pins)
+    with pytest.raises(SystemExit, match=r"one version \(name==version\); got \['webdataset>=1.0'\]"):
+        bundle.pins()
+
+
+def test_a_bundle_past_64_mib_with_the_tree_is_refused(tmp_path, capsys):
+    big = tmp_path / "big-1.0-py3-none-any.whl"
+    with open(big, "wb") as f:  # sparse: its size counts, no disk is spent
+        f.truncate(bundle.LIMIT_BYTES - bundle.tree_bytes() - 1)
+    total = bundle.check_size(tmp_path)
+    assert total == bundle.LIMIT_BYTES - 1 and "of 64 MiB" in capsys.readouterr().out
+    os.truncate(big, big.stat().st_size + 2)
+    with pytest.raises(SystemExit, match="over the 64 MiB limit"):
+        bundle.check_size(tmp_path)
+
+
+def test_the_version_step_finds_every_family_class_in_this_transformers():
+    assert load("versions").family_gaps() == []
