@@ -22,7 +22,18 @@ DEST = REPO / ".whl"
 LIMIT_BYTES = 64 * 2**20  # what one device run may carry: the working tree plus carried paths
 # the device image's Python (its documentation: Python 3.12.3 at /opt/torch/.venv) and the manylinux tags
 # pip must be told one by one when downloading for another platform
-TARGET = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "abi3", "--abi", "none"]
+TARGET = [
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp312",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
+]
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34)] + ["manylinux2014_x86_64"]
 
 
@@ -58,7 +69,9 @@ def fetch(pin: str, dest: Path) -> Path:
         subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dest), pin], check=True)
     (wheel,) = [w for w in dest.glob("*.whl") if w.name.lower().startswith(wheel_name(pin))]
     if got.returncode != 0 and not wheel.name.endswith("-py3-none-any.whl"):
-        raise SystemExit(f"{pin}: no wheel for CPython 3.12 manylinux x86-64, and the one built here is {wheel.name}")
+        raise SystemExit(
+            f"{pin}: no wheel for CPython 3.12 manylinux x86-64, and the one built here is {wheel.name}"
+        )
     return wheel
 
 
