@@ -77,6 +77,21 @@ def built(tmp_path_factory):
     }
 
 
+def test_the_family_is_resolved_once_and_a_folder_of_another_is_refused_at_load(built):
+    """assembly resolves the family before any weights load and hands it to the module; a model folder that
+    holds another family when the weights do load (rebuilt in between) is refused, naming both."""
+    from vlmchallenge.training.module import VLMClassifier
+
+    cfg = ModelConfig(tiny=TinyModelSpec(), cache_dir=str(Path(built["qwen2_vl"]).parent))
+    tokenizer = load_processor(built["qwen2_vl"]).tokenizer
+    planned = VLMClassifier(cfg, FAMILIES["qwen2_vl"], PromptBuilder(), tokenizer)
+    planned.configure_model()
+    assert planned.family is FAMILIES["qwen2_vl"]
+    other = VLMClassifier(cfg, FAMILIES["qwen3_vl"], PromptBuilder(), tokenizer)
+    with pytest.raises(ValueError, match="holds a Qwen2-VL model; this run was planned for Qwen3-VL"):
+        other.configure_model()
+
+
 def clip_examples(family, labels, frames=4, seed=0, duration_ms=2000):
     """Random clips on the family's grid (96 x 128 is a multiple of both 28-ish grids' rules below)."""
     grid = family.geometry.grid_px

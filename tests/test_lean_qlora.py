@@ -15,7 +15,7 @@ from vlmchallenge.models.collator import TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig, QuantizationSettings
 from vlmchallenge.models.families import TinyModelSpec
 from vlmchallenge.models.label_scorer import PROMPT_KEYS
-from vlmchallenge.models.loader import load_base_model, load_processor, resolve_pretrained
+from vlmchallenge.models.loader import load_base_model, load_processor, model_family, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.training.answer_loss import answer_forward
 from vlmchallenge.training.vram_callback import footprint_inputs
@@ -53,7 +53,7 @@ def test_estimated_bytes_per_dtype_equal_the_loaded_models(shared_data_dir, dtyp
     cfg = qlora_cfg(shared_data_dir, dtype)
     model = prepared(cfg)
     arch = architecture_from_config(model_config_for(cfg))
-    estimated = parameter_bytes(arch, footprint_inputs(cfg, OptimConfig(), 64, 16))
+    estimated = parameter_bytes(arch, footprint_inputs(cfg, model_family(cfg), OptimConfig(), 64, 16))
     assert dtype_census(model) == estimated
     assert set(estimated) == ({"nf4", "float32"} if dtype == "float32" else {"nf4", "bfloat16", "float32"})
     frozen = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "visual" in n}

@@ -238,7 +238,7 @@ def assemble(
     rank_zero_info(f"model: {check_model_available(settings.model)}")
     family = model_family(settings.model)
     check_family(settings, family, trainer)
-    processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler)
+    processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler, family)
     prompt = settings.class_prompt(family)
     datamodule = ShardDataModule(
         settings.data,
@@ -251,6 +251,7 @@ def assemble(
     )
     module = VLMClassifier(
         settings.model,
+        family,
         prompt,
         processor.tokenizer,
         optim=settings.optim if stage == "fit" else None,

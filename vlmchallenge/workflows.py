@@ -223,7 +223,7 @@ def plan_memory(cfg: DictConfig) -> BatchPlan:
     vision = family.geometry.tokens_per_clip(
         sampler.num_frames, *family.geometry.processed_size(w, h, config)
     )
-    inputs = footprint_inputs(model, optim, cfg.vram.text_tokens + clip, vision)
+    inputs = footprint_inputs(model, family, optim, cfg.vram.text_tokens + clip, vision)
     arch = architecture_from_config(config)
     devices = cfg.trainer.get("devices", 1)
     world = (devices if isinstance(devices, int) else 1) * int(cfg.trainer.get("num_nodes") or 1)

@@ -72,12 +72,13 @@ def configure_video_size(processor, sampler: SamplerConfig, family: Family) -> N
         video.cap_pixels_per_frame = False
 
 
-def load_processor(path_or_id: str, sampler: SamplerConfig | None = None):
+def load_processor(path_or_id: str, sampler: SamplerConfig | None = None, family: Family | None = None):
+    """The processor, told to keep the sampler's frames; `family`: the one already resolved for this path."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path_or_id, local_files_only=_local(path_or_id))
     if sampler is not None:
-        configure_video_size(processor, sampler, family_at(path_or_id))
+        configure_video_size(processor, sampler, family or family_at(path_or_id))
     return processor
 
 

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from vlmchallenge.evaluation.metrics import clip_metrics
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
 from vlmchallenge.models.config import ModelConfig, OptimConfig
-from vlmchallenge.models.families import family_of
+from vlmchallenge.models.families import Family, family_of
 from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_answers
 from vlmchallenge.models.loader import load_base_model, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
@@ -33,12 +33,14 @@ class VLMClassifier(pl.LightningModule):
     def __init__(
         self,
         model: ModelConfig,
+        family: Family,
         prompt: PromptBuilder,
         tokenizer,
         optim: OptimConfig | None = None,
         test_mode: str = "score",
     ):
-        """`optim` is needed to train only; `test_mode` is how the test stage predicts: `score` ranks the class
+        """`family` is the one the run was planned for (assembly resolves it once, before any weights load);
+        `optim` is needed to train only; `test_mode` is how the test stage predicts: `score` ranks the class
         names (validation always does), `generate` decodes greedily and parses the answer."""
         super().__init__()
         if test_mode not in TEST_MODES:
@@ -53,6 +55,7 @@ class VLMClassifier(pl.LightningModule):
             logger=False,
         )
         self.model_cfg, self.optim_cfg, self.prompt, self.test_mode = model, optim, prompt, test_mode
+        self.family = family
         self.tokenizer = tokenizer
         self.scorer = LabelScorer(tokenizer, prompt)
         self.model = None
@@ -72,8 +75,13 @@ class VLMClassifier(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: called for every stage
             return
-        base = load_base_model(self.model_cfg, resolve_pretrained(self.model_cfg), device=self.device)
-        self.family = family_of(base.config)
+        path = resolve_pretrained(self.model_cfg)
+        base = load_base_model(self.model_cfg, path, device=self.device)
+        loaded = family_of(base.config, path)
+        if loaded.name != self.family.name:  # the folder changed between planning and loading
+            raise ValueError(
+                f"{path} holds a {loaded.title} model; this run was planned for {self.family.title}"
+            )
         self.model = apply_adapters(base, self.model_cfg)
         self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         rank_zero_info(f"trainable parameters: {trainable_report(self.model)}")

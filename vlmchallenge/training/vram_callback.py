@@ -13,7 +13,7 @@ import torch
 
 from vlmchallenge.models.adapters import trainable_dtype
 from vlmchallenge.models.architectures import model_config_for
-from vlmchallenge.models.loader import model_family
+from vlmchallenge.models.families import Family
 from vlmchallenge.training.vram_math import (
     DEFAULT_LOSS_TOKENS,
     GIB,
@@ -27,11 +27,17 @@ log = logging.getLogger(__name__)
 
 
 def footprint_inputs(
-    m, o, seq_len: int, vision_tokens: int, cuda: bool = True, loss_tokens: int = DEFAULT_LOSS_TOKENS
+    m,
+    family: Family,
+    o,
+    seq_len: int,
+    vision_tokens: int,
+    cuda: bool = True,
+    loss_tokens: int = DEFAULT_LOSS_TOKENS,
 ) -> FootprintInputs:
     """A `FootprintInputs` from the model and optimizer configs (shared by the callback and the offline CLI);
     what `m` leaves null comes from its family."""
-    m = m.for_family(model_family(m))
+    m = m.for_family(family)
     method = "qlora" if m.quantization.enabled else ("lora" if m.lora.enabled else "full")
     return FootprintInputs(
         method=method,
@@ -86,14 +92,20 @@ class VRAMPlanner(pl.Callback):
             )
         batch = dm.peek_train_batch()
         seq_len = int(batch["input_ids"].shape[1])
-        vision = int(model_family(pl_module.model_cfg).video_inputs.vision_tokens(batch).max())
+        vision = int(pl_module.family.video_inputs.vision_tokens(batch).max())
         answer = int((batch["labels"] != -100).sum(1).max())  # the tokens lm_head runs on (answer_loss.py)
         arch = architecture_from_config(model_config_for(pl_module.model_cfg))
         global_batch = self.global_batch_size or dm.batch_size * trainer.world_size
         self.batch_plan = plan_batches(
             arch,
             footprint_inputs(
-                pl_module.model_cfg, pl_module.optim_cfg, seq_len, vision, torch.cuda.is_available(), answer
+                pl_module.model_cfg,
+                pl_module.family,
+                pl_module.optim_cfg,
+                seq_len,
+                vision,
+                torch.cuda.is_available(),
+                answer,
             ),
             budget,
             global_batch,
