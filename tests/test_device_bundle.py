@@ -52,3 +52,20 @@ def test_a_bundle_past_64_mib_with_the_tree_is_refused(tmp_path, capsys):
 
 def test_the_version_step_finds_every_family_class_in_this_transformers():
     assert load("versions").family_gaps() == []
+
+
+def test_a_library_older_than_the_product_needs_is_named_in_one_line(monkeypatch):
+    versions = load("versions")
+    assert versions.installed()[1] == []  # this suite's versions meet every minimum
+    monkeypatch.setitem(versions.MINIMUM, "transformers", ("99.1.0", "a future API"))
+    installed = metadata.version("transformers")
+    assert versions.installed()[1] == [
+        f"transformers {installed} is older than 99.1.0, which the product needs for a future API"
+    ]
+
+
+def test_the_bundle_carries_a_transformers_the_product_can_use():
+    pins = dict(p.split("==") for p in bundle.pins())
+    versions = load("versions")
+    least = versions.MINIMUM["transformers"][0]
+    assert versions.version_tuple(pins["transformers"]) >= versions.version_tuple(least)

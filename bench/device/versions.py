@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import re
 import sys
 
 # imported by the entry points and benches; the image supplies some, the bundle (bench/device/bundle.txt) the rest
@@ -22,6 +23,20 @@ DISTRIBUTIONS = [
 ]  # fmt: skip
 
 
+# the oldest release that has what the product calls, and what that is (docs/gpu-check.md §3)
+MINIMUM = {
+    "transformers": (
+        "5.23.0",
+        "a boolean (batch, seq) logits_to_keep, answer-only logits in training (5.21), and "
+        "activation_checkpointing_enable (5.23)",
+    ),
+}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def installed() -> tuple[dict[str, str], list[str]]:
     found, missing = {}, []
     for name in DISTRIBUTIONS:
@@ -29,6 +44,10 @@ def installed() -> tuple[dict[str, str], list[str]]:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             missing.append(f"{name}: not installed (bench/device/bundle.txt must carry it)")
+            continue
+        if name in MINIMUM and version_tuple(found[name]) < version_tuple(MINIMUM[name][0]):
+            least, needs = MINIMUM[name]
+            missing.append(f"{name} {found[name]} is older than {least}, which the product needs for {needs}")
     return found, missing
 
 
