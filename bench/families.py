@@ -44,7 +44,9 @@ def run(experiment: str, workdir: Path, extra: list[str]) -> dict:
         raise SystemExit(f"{experiment}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
     metrics = {k: float(v) for k, v in METRIC.findall(proc.stdout + proc.stderr)}
     if "test/f1_macro" not in metrics:  # a table of nan would hide it
-        raise SystemExit(f"{experiment}: no test/f1_macro in its output\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise SystemExit(
+            f"{experiment}: no test/f1_macro in its output\n{(proc.stdout + proc.stderr)[-3000:]}"
+        )
     return {"experiment": experiment, "seconds": seconds, **metrics}
 
 
