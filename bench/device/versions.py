@@ -10,7 +10,6 @@ classes in this transformers, and each library the entry points import.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as metadata
 import re
 import sys
@@ -53,9 +52,10 @@ def installed() -> tuple[dict[str, str], list[str]]:
 
 def family_gaps() -> list[str]:
     """Each family whose model or processor class this transformers lacks, in one line."""
+    import transformers
+
     from vlmchallenge.models.families import FAMILIES
 
-    transformers = importlib.import_module("transformers")
     gaps = []
     for family in FAMILIES.values():
         absent = [c for c in (family.model_class, family.processor_class) if not hasattr(transformers, c)]

@@ -98,13 +98,23 @@ def quantization_config(cfg: ModelConfig):
 
 
 def load_base_model(
-    cfg: ModelConfig, path_or_id: str, device: str | torch.device = "cpu", quantized: bool | None = None
+    cfg: ModelConfig,
+    path_or_id: str,
+    device: str | torch.device = "cpu",
+    quantized: bool | None = None,
+    planned: Family | None = None,
 ):
-    """The base model, 4-bit when `cfg.quantization.enabled` (unless `quantized=False`, e.g. for merging)."""
+    """The base model, 4-bit when `cfg.quantization.enabled` (unless `quantized=False`, e.g. for merging).
+    `planned`: the family the run was planned for; a folder that holds another is refused before any weight
+    loads (it changed between planning and loading)."""
     from transformers import AutoModelForImageTextToText
 
     quantized = cfg.quantization.enabled if quantized is None else quantized
     family = family_at(path_or_id)
+    if planned is not None and family.name != planned.name:
+        raise ValueError(
+            f"{path_or_id} holds a {family.title} model; this run was planned for {planned.title}"
+        )
     cfg.check_family(family)
     cfg = cfg.for_family(family)
     kwargs = dict(

@@ -19,7 +19,7 @@ from transformers import get_scheduler
 from vlmchallenge.evaluation.metrics import clip_metrics
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
 from vlmchallenge.models.config import ModelConfig, OptimConfig
-from vlmchallenge.models.families import Family, family_of
+from vlmchallenge.models.families import Family
 from vlmchallenge.models.label_scorer import PROMPT_KEYS, LabelScorer, generate_answers
 from vlmchallenge.models.loader import load_base_model, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder
@@ -75,13 +75,9 @@ class VLMClassifier(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:  # idempotent: called for every stage
             return
-        path = resolve_pretrained(self.model_cfg)
-        base = load_base_model(self.model_cfg, path, device=self.device)
-        loaded = family_of(base.config, path)
-        if loaded.name != self.family.name:  # the folder changed between planning and loading
-            raise ValueError(
-                f"{path} holds a {loaded.title} model; this run was planned for {self.family.title}"
-            )
+        base = load_base_model(
+            self.model_cfg, resolve_pretrained(self.model_cfg), device=self.device, planned=self.family
+        )
         self.model = apply_adapters(base, self.model_cfg)
         self.model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
         rank_zero_info(f"trainable parameters: {trainable_report(self.model)}")
