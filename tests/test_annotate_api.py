@@ -51,6 +51,7 @@ def stretch(two_class_run):
 def client(export_dir):
     cfg = OmegaConf.load(f"{CONF_DIR}/serve.yaml")
     cfg.export_dir, cfg.device, cfg.api_key = str(export_dir), "cpu", None
+    cfg.openai = False  # a route is a worker process that loads the model; these tests use `/annotate` only
     cfg.limits.max_recording_s = 60
     cfg.timeout = (
         300  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s

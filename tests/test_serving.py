@@ -128,7 +128,10 @@ def wait_healthy(client: TestClient, server) -> None:
 
 @pytest.fixture(scope="module")
 def client(export_dir):
-    with wrap_litserve_start(build_server(serve_cfg(export_dir))) as server, TestClient(server.app) as c:
+    """`/predict` only: each route is an inference worker of its own (a process that loads the model), and these
+    tests use no other; the live server below serves all of them."""
+    cfg = serve_cfg(export_dir, openai=False, annotate=False)
+    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
         yield c
 
@@ -226,7 +229,7 @@ def test_video_input_reads_at_most_max_video_frames_read(export_dir, clips, tmp_
     images = [Image.open(io.BytesIO(base64.b64decode(f))) for c in clips[:3] for f in c.frames_b64]
     video = write_video(tmp_path / "clip.mp4", images)
     first4 = [png_of(im) for im in decoded_video_frames(video)[:4]]
-    cfg = serve_cfg(export_dir, openai=False, **{"limits.max_video_frames_read": 4})
+    cfg = serve_cfg(export_dir, openai=False, annotate=False, **{"limits.max_video_frames_read": 4})
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
         by_video = c.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
@@ -315,7 +318,13 @@ def strict_client(export_dir):
     """A server with an API key, a 50 KB payload limit, and batches of up to 4 requests collected for up to 1 s
     (long enough for concurrent requests to share one batch)."""
     cfg = serve_cfg(
-        export_dir, api_key="s3cret", max_payload_mb=0.05, openai=False, max_batch_size=4, batch_timeout=1.0
+        export_dir,
+        api_key="s3cret",
+        max_payload_mb=0.05,
+        openai=False,
+        annotate=False,
+        max_batch_size=4,
+        batch_timeout=1.0,
     )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
