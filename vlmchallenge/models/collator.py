@@ -18,6 +18,8 @@ from vlmchallenge.models.families.video_inputs import FRAMES_PER_CLIP
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.video_timing import video_metadata
 
+# the label of every position without a loss: the `ignore_index` default of transformers' `ForCausalLMLoss` and of
+# `torch.nn.functional.cross_entropy`; the one definition (training/answer_loss.py reads it from here)
 IGNORE_INDEX = -100
 
 

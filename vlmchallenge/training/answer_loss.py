@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from vlmchallenge.models.collator import IGNORE_INDEX
 
 
 def loss_positions(labels: torch.Tensor) -> torch.Tensor:

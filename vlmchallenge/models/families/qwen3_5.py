@@ -58,7 +58,9 @@ def tiny_layer_types(layers: int) -> list[str]:
     full-attention layers, as the Qwen2-VL and Qwen3-VL tinies have, plus the linear one that the hybrid cache
     needs (all-linear would leave it without keys and values)."""
     if layers < 2:
-        raise ValueError(f"a tiny Qwen3.5 needs at least 2 layers (one linear, one full attention); got {layers}")
+        raise ValueError(
+            f"a tiny Qwen3.5 needs at least 2 layers (one linear, one full attention); got {layers}"
+        )
     return ["linear_attention"] + ["full_attention"] * (layers - 1)
 
 
