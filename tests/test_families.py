@@ -320,3 +320,14 @@ def test_only_the_kernels_notice_of_bitsandbytes_is_dropped(caplog):
         logger.warning("something else entirely")
     shown = [r.getMessage() for r in caplog.records if r.name == BNB_CPU_LOGGER]
     assert len(shown) == 2 and "out of memory" in shown[0] and shown[1] == "something else entirely"
+
+
+def test_the_tiny_qwen35_layers_are_one_linear_then_full_attention():
+    """docs/learnability.md §5: a random tiny with one full-attention layer barely learned; one layer could not
+    hold both kinds the hybrid cache needs."""
+    from vlmchallenge.models.families.qwen3_5 import tiny_layer_types
+
+    assert tiny_layer_types(3) == ["linear_attention", "full_attention", "full_attention"]
+    assert tiny_layer_types(2) == ["linear_attention", "full_attention"]
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        tiny_layer_types(1)
