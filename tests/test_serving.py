@@ -99,6 +99,11 @@ def png_b64(color=(10, 20, 30), size=(112, 84)) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# `/predict` alone: every route is an inference worker of its own, a process that loads the model; the tests that
+# use no other route start no other (the live server below serves all three)
+PREDICT_ONLY = {"openai": False, "annotate": False}
+
+
 def serve_cfg(export_dir, **over):
     cfg = OmegaConf.load(f"{CONF_DIR}/serve.yaml")
     cfg.export_dir, cfg.device, cfg.api_key = str(export_dir), "cpu", None
@@ -128,9 +133,7 @@ def wait_healthy(client: TestClient, server) -> None:
 
 @pytest.fixture(scope="module")
 def client(export_dir):
-    """`/predict` only: each route is an inference worker of its own (a process that loads the model), and these
-    tests use no other; the live server below serves all of them."""
-    cfg = serve_cfg(export_dir, openai=False, annotate=False)
+    cfg = serve_cfg(export_dir, **PREDICT_ONLY)
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
         yield c
@@ -229,7 +232,7 @@ def test_video_input_reads_at_most_max_video_frames_read(export_dir, clips, tmp_
     images = [Image.open(io.BytesIO(base64.b64decode(f))) for c in clips[:3] for f in c.frames_b64]
     video = write_video(tmp_path / "clip.mp4", images)
     first4 = [png_of(im) for im in decoded_video_frames(video)[:4]]
-    cfg = serve_cfg(export_dir, openai=False, annotate=False, **{"limits.max_video_frames_read": 4})
+    cfg = serve_cfg(export_dir, **PREDICT_ONLY, **{"limits.max_video_frames_read": 4})
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
         by_video = c.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
@@ -321,8 +324,7 @@ def strict_client(export_dir):
         export_dir,
         api_key="s3cret",
         max_payload_mb=0.05,
-        openai=False,
-        annotate=False,
+        **PREDICT_ONLY,
         max_batch_size=4,
         batch_timeout=1.0,
     )

@@ -113,9 +113,9 @@ def refused_with_notice(answer: Answer) -> bool:
 
 
 MAX_QUEUE = 2
-# `/predict` and the chat route, which these drills use; no `/annotate`: every route is an inference worker of its
-# own, a process that loads the model (the live server in test_serving.py serves all three)
-PREDICT_AND_CHAT = ("api_key=null", "annotate=false", f"max_queue={MAX_QUEUE}", "timeout=300")
+# The drill servers: `/predict` and the chat route, which these drills use, and no `/annotate` (every route is an
+# inference worker of its own, a process that loads the model; the live server in test_serving.py serves all three)
+DRILL_SERVER = ("api_key=null", "annotate=false", f"max_queue={MAX_QUEUE}", "timeout=300")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def server(export_dir, tmp_path_factory):
     busy machine a heavy request must never become a 504, which would make the overload test flaky."""
     log = tmp_path_factory.mktemp("faults") / "server.log"
     env = stack_dump_env(log.parent / "hooks")  # what_is_left asks every process for its stacks
-    server = launch_server(export_dir, log, *PREDICT_AND_CHAT, env=env)
+    server = launch_server(export_dir, log, *DRILL_SERVER, env=env)
     yield server
     if server.proc.poll() is None:
         os.kill(server.proc.pid, signal.SIGTERM)
@@ -299,7 +299,7 @@ def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(
     LitServe's monitor logged a traceback (docs/serving.md §2)."""
     log = tmp_path / "server.log"
     env = stack_dump_env(tmp_path / "hooks")
-    server = launch_server(export_dir, log, *PREDICT_AND_CHAT, env=env)
+    server = launch_server(export_dir, log, *DRILL_SERVER, env=env)
     try:
         stop_with_requests_in_flight(
             server,

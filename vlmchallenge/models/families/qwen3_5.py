@@ -52,14 +52,15 @@ CHAT_TEMPLATE = (
 def tiny_layer_types(layers: int) -> list[str]:
     """One Gated-DeltaNet layer first, as the real checkpoints begin, then full attention.
 
-    Not the real 3 linear : 1 full: in a random-initialised tiny model only full attention carries the vision tokens
-    to the answer (most heads of a random Gated-DeltaNet layer keep about one token of state), and with one full-attention layer the
-    tiny Qwen3.5 stayed at chance for two epochs and ended at test macro-F1 0.82 (docs/learnability.md §5). Two
-    full-attention layers, as the Qwen2-VL and Qwen3-VL tinies have, plus the linear one that the hybrid cache
-    needs (all-linear would leave it without keys and values)."""
+    Not the real 3 linear : 1 full: in a random-initialised tiny model only full attention carries the vision
+    tokens to the answer (most heads of a random Gated-DeltaNet layer keep about one token of state). With one
+    full-attention layer the tiny Qwen3.5 stayed at chance for two epochs and ended at test macro-F1 0.82
+    (docs/learnability.md §5). So two full-attention layers, as the Qwen2-VL and Qwen3-VL tinies have, plus the
+    linear one the hybrid cache needs (all-linear would leave it without keys and values)."""
     if layers < 2:
         raise ValueError(
-            f"a tiny Qwen3.5 needs at least 2 layers (one linear, one full attention); got {layers}"
+            f"model.tiny.num_hidden_layers: a tiny Qwen3.5 needs at least 2 layers (one linear, one full "
+            f"attention); got {layers}"
         )
     return ["linear_attention"] + ["full_attention"] * (layers - 1)
 
