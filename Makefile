@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install prepare train test test-fast bench gpu-check docker-check lint format clean clean-data
+.PHONY: help install browser prepare train test test-fast bench gpu-check docker-check lint format clean clean-data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -16,7 +16,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(BIN)/.installed ## Create .venv and install the package with dev tools (torch 2.14.1 pinned)
+install: $(BIN)/.installed browser ## Create .venv and install the package with dev tools (torch 2.14.1 pinned)
+
+browser: ## Headless Chromium and its driver from Debian's packages, for the review page's browser tests
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "browser: no chromium here and no root apt-get; the browser tests skip (Debian: apt-get install chromium chromium-driver)"; fi
 
 train: install ## Main job: synthetic data -> shards -> train -> test -> export, on CPU (ARGS="optim.lr=1e-3")
 	$(BIN)/python -m vlmchallenge.train $(ARGS)

@@ -247,7 +247,7 @@ def annotate(cfg: DictConfig) -> dict:
     from vlmchallenge.serving.annotation_outputs import write_outputs
     from vlmchallenge.serving.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
     from vlmchallenge.serving.inference import VLMInference
-    from vlmchallenge.serving.recordings import open_recording, parse_time
+    from vlmchallenge.serving.recordings import open_recording, parse_time, reopen_args
     from vlmchallenge.serving.segments import Smoothing
 
     smoothing = Smoothing(**cfg.smoothing)
@@ -280,7 +280,12 @@ def annotate(cfg: DictConfig) -> dict:
         recording.ground_truth,
         smoothing,
         cfg.probabilities,
-        {"input": str(cfg.input), "kind": recording.kind, "model": model},
+        {
+            "input": str(cfg.input),
+            "kind": recording.kind,
+            "model": model,
+            "recording": reopen_args(cfg, recording),
+        },
     )
     print_locations({"outputs": out, "operations": out / "operations.csv", "timeline": out / "timeline.png"})
     console.print(

@@ -17,13 +17,13 @@ import csv
 import json
 import os
 import tempfile
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from vlmchallenge.data.annotation_parser import OPERATION_COLUMNS, SecondLabels
+from vlmchallenge.data.annotation_parser import SecondLabels
+from vlmchallenge.data.annotation_writer import OperationRow, write_operations_csv
 from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.openpack_metric import (
@@ -45,7 +45,6 @@ OUTPUT_FILES = (
     "timeline.png",
     "annotate.json",
 )
-_UUID_NS = uuid.UUID("0b6f3d2e-5c1a-4f7e-9d8b-2a4c6e8f1a3b")
 
 
 def second_probabilities(annotation: Annotation) -> np.ndarray:
@@ -101,29 +100,9 @@ def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) 
                 )
 
 
-def write_operations_csv(
-    runs: list[Run], annotation: Annotation, user: str, session: str, path: Path
-) -> None:
+def operation_rows(runs: list[Run], annotation: Annotation) -> list[OperationRow]:
     grid = annotation.timeline.unixtime_ms
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(OPERATION_COLUMNS)
-        for k, r in enumerate(r for r in runs if r.op_id != NULL_ID):  # OpenPack files hold no Null rows
-            start, end = int(grid[r.first]), int(grid[r.stop - 1]) + 1000
-            op_uuid = uuid.uuid5(_UUID_NS, f"{user}/{session}/{k}/{start}")
-            w.writerow(
-                [
-                    f"op:{op_uuid}",
-                    user,
-                    session,
-                    0,
-                    r.op_id,
-                    ID_TO_CLASS[r.op_id].name,
-                    unix_ms_to_iso(start),
-                    unix_ms_to_iso(end),
-                    "",
-                ]
-            )
+    return [OperationRow(r.op_id, int(grid[r.first]), int(grid[r.stop - 1]) + 1000) for r in runs]
 
 
 def segments_json(runs: list[Run], annotation: Annotation) -> list[dict]:
@@ -213,7 +192,8 @@ def write_outputs(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".annotate-") as tmp_name:
         tmp = Path(tmp_name)
         write_timeline_csv(annotation, tmp / "timeline.csv", probabilities)
-        write_operations_csv(runs, annotation, user, session, tmp / "operations.csv")
+        with open(tmp / "operations.csv", "w", newline="") as f:
+            write_operations_csv(f, user, session, operation_rows(runs, annotation))
         write_submission(make_submission([scored]), tmp, {"source": annotation.source, "key": key})
         truth_ids = truth_on_timeline(annotation, truth) if truth is not None else None
         recording_timeline_png(annotation.timeline.unixtime_ms, ids, tmp / "timeline.png", key, truth_ids)

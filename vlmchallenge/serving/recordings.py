@@ -40,6 +40,22 @@ class Recording:
         return f"{self.user}-{self.session}"
 
 
+def reopen_args(cfg, recording: Recording) -> dict:
+    """The `open_recording` arguments that open `recording` again from anywhere (annotate.json's `recording`:
+    the review page finds the footage and the ground truth with them)."""
+    truth = cfg.ground_truth and str(Path(cfg.ground_truth).resolve())
+    return {
+        "input": str(Path(cfg.input).resolve()),
+        "kind": recording.kind,
+        "user": recording.user,
+        "session": recording.session,
+        "source": cfg.source,
+        "video_pattern": cfg.video_pattern,
+        "video_time_origin": cfg.video_time_origin,
+        "ground_truth": truth,
+    }
+
+
 def parse_time(value, what: str) -> int | None:
     """A time given on the command line: unix ms, or ISO 8601 with an offset (`2022-03-29 14:25:22+09:00`)."""
     if value is None:

@@ -9,8 +9,7 @@ and fsyncs the folder; remote (fsspec URL) paths keep Lightning's writer.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,41 +19,9 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-TEMP_MARK = ".tmp-"  # `last.ckpt.tmp-4242`: never matches `*.ckpt`, so no reader takes it for a checkpoint
+from vlmchallenge.utils.atomic import TEMP_MARK, is_temp_file, write_atomically
 
-
-def temp_path(target: Path) -> Path:
-    return target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
-
-
-def is_temp_file(path: Path) -> bool:
-    return TEMP_MARK in path.name
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (POSIX: the directory entry lives in the folder, not the file)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write(f)` into a temp file beside `target`, then flush, fsync and rename it onto `target`. On an error the
-    temp file is removed; after a kill it stays behind under its temp name, and `target` is untouched."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(target)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+__all__ = ["TEMP_MARK", "AtomicCheckpointIO", "is_temp_file"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,13 +1,15 @@
-"""Folders that appear complete or not at all, and built once when several processes want the same one."""
+"""Files and folders that appear complete or not at all, and folders built once when several processes want the
+same one."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 @contextmanager
@@ -57,3 +59,40 @@ def build_lock(target: str | Path) -> Iterator[None]:
 def lock_path(target: str | Path) -> Path:
     """The file `build_lock` locks for `target`: its sibling `<target>.lock`."""
     return Path(target).with_name(f"{Path(target).name}.lock")
+
+
+TEMP_MARK = ".tmp-"  # `last.ckpt.tmp-4242`: never matches `*.ckpt`, so no reader takes it for a checkpoint
+
+
+def temp_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
+
+
+def is_temp_file(path: Path) -> bool:
+    return TEMP_MARK in path.name
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX: the directory entry lives in the folder, not the file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(f)` into a temp file beside `target`, then flush, fsync and rename it onto `target`. On an error the
+    temp file is removed; after a kill it stays behind under its temp name, and `target` is untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
