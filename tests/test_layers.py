@@ -1,4 +1,4 @@
-"""Imports flow one way: utils -> data -> models -> evaluation -> training -> serving, then the top-level
+"""Imports flow one way: utils -> data -> models -> evaluation -> training -> serving -> reviewing, then the top-level
 assembly, workflows and entry points. Read from the source with `ast`, so nothing is imported to check."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vlmchallenge"
 # a subpackage may import from its own layer and the layers before it, never after
-LAYERS = ["utils", "data", "models", "evaluation", "training", "serving"]
+LAYERS = ["utils", "data", "models", "evaluation", "training", "serving", "reviewing"]
 
 
 def imported_subpackages(path: Path) -> set[str]:
@@ -75,9 +75,10 @@ def test_the_check_finds_an_upward_import(tmp_path, files, expected):
 
 
 def test_the_data_commands_start_without_lightning_or_transformers():
-    """`prepare` and `verify` need neither (docs/architecture.md): importing them would double their start."""
+    """`prepare` and `verify` need neither (docs/architecture.md): importing them would double their start;
+    nor does `review` of a finished annotation (it imports the model stack only to annotate first)."""
     heavy = ("pytorch_lightning", "lightning_fabric", "transformers", "peft")
-    probe = f"import sys, vlmchallenge.prepare, vlmchallenge.verify; print(sorted(set(sys.modules) & {set(heavy)}))"
+    probe = f"import sys, vlmchallenge.prepare, vlmchallenge.verify, vlmchallenge.review, vlmchallenge.reviewing.app; print(sorted(set(sys.modules) & {set(heavy)}))"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
     )

@@ -122,6 +122,21 @@ ELSEWHERE = {
     "input=data/synthetic/openpack/v1.0.0 user=U9008 session=S0100": (
         "tests/test_annotate.py::test_cli_annotates_an_openpack_session"
     ),
+    ".venv/bin/python -m vlmchallenge.review annotation=outputs/annotate/runs/<time>": (
+        "tests/test_review.py::test_the_command_serves_the_page_on_loopback_and_needs_a_key_beyond_it"
+    ),
+    # annotates first (with export_session added, so that the command ends), exports, then prepares it
+    ".venv/bin/python -m vlmchallenge.review export_dir=outputs/train/runs/<time>/export "
+    "input=/path/to/openpack/v1.0.0 user=U0209 session=S0500": (
+        "tests/test_review.py::test_a_corrected_session_changes_the_next_training_data"
+    ),
+    ".venv/bin/python -m vlmchallenge.review annotation=outputs/annotate/runs/<time> "
+    "export_session=/path/to/reviewed/U0201/S0900": (
+        "tests/test_review.py::test_a_corrected_session_changes_the_next_training_data"
+    ),
+    ".venv/bin/python -m vlmchallenge.prepare data=openpack data.root=/path/to/reviewed": (
+        "tests/test_review.py::test_a_corrected_session_changes_the_next_training_data"
+    ),
     ".venv/bin/python -m vlmchallenge.train experiment=tiny_qwen3vl_cpu": (
         "tests/test_families_e2e.py::test_the_tiny_family_trains_tests_and_exports"
     ),

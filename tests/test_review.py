@@ -30,7 +30,6 @@ from vlmchallenge.data.annotation_writer import labels_per_second
 from vlmchallenge.data.classes import NULL_ID
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.reviewing.app import review_app
-from vlmchallenge.reviewing.footage import Footage
 from vlmchallenge.reviewing.review_folder import EDIT_LOG, REVIEWED_1HZ_CSV, REVIEWED_CSV, ReviewFolder
 
 USER, SESSION = "U9004", "S0100"  # the two-class run's test user: never trained on
@@ -62,7 +61,7 @@ def folder(annotated, tmp_path) -> Path:
 @pytest.fixture
 def site(folder):
     review = ReviewFolder(folder)
-    footage = Footage(review.meta["recording"])
+    footage = review.open_footage()
     with serving(review_app(review, footage)) as url:
         yield url
     footage.close()
@@ -122,6 +121,10 @@ def click_second(browser, second: int, seconds: int) -> None:
 
     content = browser.find_element("id", "content")
     width = content.rect["width"]
+    fits = browser.execute_script(
+        "const t = document.getElementById('track'); return t.scrollWidth <= t.clientWidth"
+    )
+    assert fits, "the whole recording no longer fits the lanes"
     x = (second + 0.5) * width / seconds - width / 2  # Selenium's offsets are from the element's centre
     ActionChains(browser).move_to_element_with_offset(content, round(x), 0).click().perform()
 
@@ -290,7 +293,7 @@ def test_keyboard_edits_save_openpack_files_that_reload_and_survive_a_restart(br
     assert browser.find_element("id", "status").get_attribute("data-state") == "saved"
 
     restarted = ReviewFolder(folder)  # a new server on the same folder
-    footage = Footage(restarted.meta["recording"])
+    footage = restarted.open_footage()
     with serving(review_app(restarted, footage)) as url:
         state = httpx.get(url + "/api/review").json()
     footage.close()
@@ -341,7 +344,7 @@ def test_an_edit_that_breaks_a_rule_is_refused_with_a_reason(browser, site, fold
 
 def test_a_save_that_breaks_a_rule_is_refused_naming_the_field(folder):
     review = ReviewFolder(folder)
-    footage = Footage(review.meta["recording"])
+    footage = review.open_footage()
     first, end = span(folder)
     bad = {
         "segments[1].start_ms": [
@@ -356,9 +359,14 @@ def test_a_save_that_breaks_a_rule_is_refused_naming_the_field(folder):
         for field, segments in bad.items():
             answer = httpx.post(url + "/api/save", json={"segments": segments, "edits": []})
             assert answer.status_code == 422 and field in answer.json()["detail"], (field, answer.text)
-        ok = httpx.post(url + "/api/save", json={"segments": [{"id": 100, "start_ms": first, "end_ms": end}]})
+        whole = [{"id": 100, "start_ms": first, "end_ms": end}]
+        ok = httpx.post(url + "/api/save", json={"segments": whole, "edits": [{}], "edits_saved": 0})
+        assert ok.status_code == 200
+        assert ok.json()["edits_saved"] == 1
+        # a second page that loaded before that save: refused, not a silent overwrite
+        stale = httpx.post(url + "/api/save", json={"segments": whole[:0], "edits": [], "edits_saved": 0})
+        assert stale.status_code == 409 and "saved by another page" in stale.json()["detail"]
     footage.close()
-    assert ok.status_code == 200
     assert [s.op_id for s in parse_operations_csv(folder / REVIEWED_CSV).segments] == [100]
 
 
@@ -389,7 +397,7 @@ def test_the_command_serves_the_page_on_loopback_and_needs_a_key_beyond_it(annot
     assert done.returncode != 0 and "host=0.0.0.0: the review page saves files" in done.output
 
     review = ReviewFolder(annotated)
-    footage = Footage(review.meta["recording"])
+    footage = review.open_footage()
     with serving(review_app(review, footage, api_key="s3cret")) as url:
         assert httpx.get(url + "/api/review").status_code == 401
         assert httpx.get(url + "/api/review", headers={"X-API-Key": "s3cret"}).status_code == 200

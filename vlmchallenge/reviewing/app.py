@@ -6,8 +6,10 @@ frames and the annotation, and saves the reviewer's corrections.
   the same seconds when the recording has one, the frame times, and the segments (the saved review, else the
   model's).
 - `GET /api/frames/{index}`: frame `index` of the recording as a JPEG thumbnail.
-- `POST /api/save`: `{"segments": [{"id", "start_ms", "end_ms"}], "edits": [...]}`: checked
-  (`reviewed_timeline.checked_segments`: 422 naming the field), then written (`ReviewFolder.save`).
+- `POST /api/save`: `{"segments": [{"id", "start_ms", "end_ms"}], "edits": [...], "edits_saved": n}`: checked
+  (`reviewed_timeline.checked_segments`: 422 naming the field), then written (`ReviewFolder.save`). `edits_saved`
+  is the saved edit count the page loaded with: when another page has saved since, 409 and nothing is written
+  (the last save does not silently win).
 
 With an API key (the serving setting `api_key`, for a page that listens beyond localhost), every route needs it:
 `X-API-Key`, `Authorization: Bearer`, or the cookie that opening `/?key=<key>` once sets, so a browser can use
@@ -116,6 +118,11 @@ def review_app(folder: ReviewFolder, footage: Footage, api_key: str | None = Non
                 raise ReviewError("edits: expected a list of objects")
         except ReviewError as e:
             raise HTTPException(422, str(e)) from None
+        base, saved = body.get("edits_saved"), len(folder.edits())
+        if base is not None and base != saved:  # another page saved since this one loaded: don't overwrite it
+            raise HTTPException(
+                409, f"saved by another page since this one loaded ({saved} edits, not {base}); reload"
+            )
         folder.save(rows, edits)
         return {"saved": True, "segments": len(rows), "edits_saved": len(folder.edits())}
 

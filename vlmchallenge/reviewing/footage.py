@@ -21,8 +21,14 @@ THUMBNAILS_CACHED = 512  # ~30 kB each: about 15 MB for the frames most recently
 
 
 class Footage:
-    def __init__(self, recording_args: dict):
-        self.recording: Recording = open_recording(**recording_args)
+    def __init__(self, recording_args: dict, annotation: str = "annotate.json"):
+        try:
+            self.recording: Recording = open_recording(**recording_args)
+        except (OSError, ValueError) as e:  # moved, deleted or changed since it was annotated
+            raise FileNotFoundError(
+                f"{annotation}: the recording it annotated cannot be opened ({e}); its 'recording' field says "
+                f"where it was: {recording_args}"
+            ) from None
         self.times_ms: np.ndarray = np.asarray(self.recording.source.timestamps_ms, dtype=np.int64)
         self._reader = self.recording.source.reader()
         self._lock = threading.Lock()  # one decoder; the server answers frame requests from a thread pool

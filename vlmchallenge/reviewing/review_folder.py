@@ -27,6 +27,7 @@ from vlmchallenge.data.annotation_writer import (
     write_operations_1hz_csv,
     write_operations_csv,
 )
+from vlmchallenge.reviewing.footage import Footage
 from vlmchallenge.reviewing.reviewed_timeline import SECOND_MS, SecondsSpan
 from vlmchallenge.utils.atomic import write_atomically
 
@@ -75,6 +76,10 @@ class ReviewFolder:
             )
         self.seconds = _read_timeline(self.path / "timeline.csv")
         self.user, self.session = self.meta["recording"]["user"], self.meta["recording"]["session"]
+
+    def open_footage(self) -> Footage:
+        """The recording this folder annotated, opened again from annotate.json's `recording` field."""
+        return Footage(self.meta["recording"], str(self.path / "annotate.json"))
 
     @property
     def span(self) -> SecondsSpan:

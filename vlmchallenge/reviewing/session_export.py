@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlmchallenge.data.annotation_writer import csv_bytes, write_operations_1hz_csv, write_operations_csv
@@ -57,7 +58,17 @@ def _write_frames(footage: Footage, first_ms: int, end_ms: int, frames_dir: Path
     return written
 
 
-def export_session(folder: ReviewFolder, footage: Footage, target: str | Path) -> dict:
+@dataclass(frozen=True)
+class ExportedSession:
+    root: Path  # what `prepare data=openpack data.root=` takes
+    user: str
+    session: str
+    frames: int
+    segments: int
+    reviewed: bool  # False: the model's segments, as nothing was saved
+
+
+def export_session(folder: ReviewFolder, footage: Footage, target: str | Path) -> ExportedSession:
     """Write the reviewed recording as the OpenPack session `target` = `<root>/<user>/<session>`."""
     target = Path(target)
     user, session = target.parent.name, target.name
@@ -73,11 +84,4 @@ def export_session(folder: ReviewFolder, footage: Footage, target: str | Path) -
     write_atomically(annotation / "openpack-operations-1hz" / f"{session}.csv", lambda f: f.write(hz))
     ops = csv_bytes(write_operations_csv, user, session, rows)
     write_atomically(annotation / "openpack-operations" / f"{session}.csv", lambda f: f.write(ops))
-    return {
-        "root": str(user_dir.parent),
-        "user": user,
-        "session": session,
-        "frames": frames,
-        "segments": len(rows),
-        "reviewed": folder.saved,
-    }
+    return ExportedSession(user_dir.parent, user, session, frames, len(rows), folder.saved)

@@ -7,7 +7,7 @@ import { colourOf, drawStrips } from "./ribbons.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_PPS = 60; // pixels per second at the closest zoom
-const state = { t: 0, pps: 1, playing: false, frameIndex: -1 };
+const state = { t: 0, pps: 1, whole: true, playing: false, frameIndex: -1 };
 let data, first, end, seconds, known, history, draftKey, draftBase;
 
 async function load() {
@@ -171,8 +171,10 @@ function keepInView() {
   }
 }
 
+// factor 0: the whole recording, which stays whole when the lanes change width (a window resized, a scrollbar).
 function zoom(factor) {
-  const pps = factor === 0 ? fitPps() : Math.min(Math.max(state.pps * factor, fitPps()), MAX_PPS);
+  const pps = factor === 0 || (factor === 1 && state.whole) ? fitPps() : Math.min(Math.max(state.pps * factor, fitPps()), MAX_PPS);
+  state.whole = pps === fitPps();
   state.pps = pps;
   render();
   const track = $("track");
@@ -236,7 +238,11 @@ function step(action) {
 }
 
 async function save() {
-  const body = { segments: history.current.filter((s) => s.id !== NULL_ID), edits: history.log };
+  const body = {
+    segments: history.current.filter((s) => s.id !== NULL_ID),
+    edits: history.log,
+    edits_saved: data.edits_saved, // the server refuses (409) when another page saved since
+  };
   const response = await fetch("/api/save", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -307,7 +313,7 @@ $("content").addEventListener("pointerdown", (e) => {
 });
 $("content").addEventListener("pointermove", onPointer);
 $("track").addEventListener("scroll", () => drawAll());
-window.addEventListener("resize", () => zoom(1));
+new ResizeObserver(() => data && zoom(1)).observe($("track"));
 window.addEventListener("beforeunload", (e) => {
   if (dirty()) e.preventDefault(); // the draft is kept anyway; the browser still asks before leaving
 });
