@@ -342,6 +342,58 @@ def test_an_edit_that_breaks_a_rule_is_refused_with_a_reason(browser, site, fold
     assert merged[1:] == before[2:]
 
 
+@needs_browser
+def test_seconds_without_frames_show_as_such_and_zoom_reaches_single_seconds(
+    browser, two_class_run, tmp_path
+):
+    """A JPEG folder with 5 s of frames removed and no 1-Hz file: the gap is marked, the frame is not borrowed,
+    and the truth lanes are not drawn."""
+    source = JpegFolderSource(
+        Path(two_class_run.cfg.data.root) / USER / "kinect/color-masked/frames" / SESSION
+    )
+    first = int(source.timestamps_ms[0]) // S * S + 10 * S
+    gap = (first + 10 * S, first + 15 * S)
+    frames = tmp_path / "frames"
+    for t, p in zip(source.timestamps_ms.tolist(), source.paths, strict=True):
+        if first <= t < first + 60 * S and not gap[0] <= t < gap[1]:
+            (frames / Path(p).relative_to(source.root)).parent.mkdir(parents=True, exist_ok=True)
+            (frames / Path(p).relative_to(source.root)).hardlink_to(p)
+    out = tmp_path / "annotation"
+    done = run_module(
+        "vlmchallenge.annotate", f"export_dir={two_class_run.objects.export_dir}", f"input={frames}",
+        f"out_dir={out}", "progress=false", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.output[-3000:]
+    review = ReviewFolder(out)
+    footage = review.open_footage()
+    with serving(review_app(review, footage)) as url:
+        open_page(browser, url)
+        seconds = len(review.seconds)
+        gap_second = (gap[0] - review.seconds[0].unixtime_ms) // S + 2
+        click_second(browser, gap_second, seconds)
+        assert browser.find_element("id", "no-frame").is_displayed()
+        assert not browser.find_element("id", "frame").is_displayed()
+        assert browser.find_element("id", "current-confidence").text == "no prediction"
+        marked = browser.execute_script(
+            "const c = document.getElementById('gaps-lane'); const w = c.width / arguments[1];"
+            "return [arguments[0], 2].map(s => [...c.getContext('2d').getImageData(Math.floor((s + 0.5) * w), 2, 1, 1)"
+            ".data].join(','))",
+            gap_second,
+            seconds,
+        )
+        assert marked == ["122,31,31,255", "0,0,0,0"]  # the no-frames colour (#7a1f1f) in the gap only
+        assert not browser.find_element("id", "truth-lane").is_displayed()
+
+        whole = browser.find_element("id", "content").rect["width"]
+        press(browser, *"+" * 8)  # zoom in until one second is wider than 40 px
+        per_second = browser.find_element("id", "content").rect["width"] / seconds
+        assert per_second >= 40 > whole / seconds
+        assert gap[0] <= cursor_ms(browser) < gap[1]  # the cursor stays where it was
+        press(browser, "*")
+        assert browser.find_element("id", "content").rect["width"] == pytest.approx(whole, abs=1)
+    footage.close()
+
+
 def test_a_save_that_breaks_a_rule_is_refused_naming_the_field(folder):
     review = ReviewFolder(folder)
     footage = review.open_footage()
