@@ -1,9 +1,13 @@
-"""Imports flow one way: utils -> data -> models -> evaluation -> training -> serving -> reviewing, then the top-level
-assembly, workflows and entry points. Read from the source with `ast`, so nothing is imported to check."""
+"""Imports flow one way, along the graph drawn in docs/architecture.md: `ALLOWED` is what each subpackage may
+import, and it is the real graph, no more: every allowed edge is used by some import, and the drawing's arrows are
+these edges. So `evaluation` imports only `data`, and `serving` never imports the Lightning layer (`training`).
+Above them: `assembly`, `workflows`, `data_workflows` and the entry points. Read from the source with `ast`, so
+nothing is imported to check."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +15,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vlmchallenge"
-# a subpackage may import from its own layer and the layers before it, never after
-LAYERS = ["utils", "data", "models", "evaluation", "training", "serving", "reviewing"]
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+# subpackage -> the subpackages it may import (besides itself)
+ALLOWED = {
+    "utils": set(),
+    "data": {"utils"},
+    "models": {"utils", "data"},
+    "evaluation": {"data"},
+    "training": {"utils", "data", "models", "evaluation"},
+    "serving": {"data", "models", "evaluation"},  # the engine and the HTTP APIs: no Lightning
+    "reviewing": {"utils", "data", "serving"},  # the review page: no model at all
+}
+LAYERS = list(ALLOWED)
 
 
 def imported_subpackages(path: Path) -> set[str]:
@@ -30,24 +44,40 @@ def imported_subpackages(path: Path) -> set[str]:
     return found
 
 
-def layer_violations(package: Path, layers: list[str]) -> list[str]:
-    rank = {name: i for i, name in enumerate(layers)}
+def layer_violations(package: Path, allowed: dict[str, set[str]]) -> list[str]:
     bad = []
-    for sub in layers:
+    for sub in allowed:
         for path in sorted((package / sub).rglob("*.py")):
-            for target in imported_subpackages(path):
-                if target not in rank:  # a top-level module: assembly, workflows, an entry point
+            for target in imported_subpackages(path) - {sub}:
+                if target not in allowed:  # a top-level module: assembly, workflows, an entry point
                     bad.append(
                         f"{path.relative_to(package)} imports vlmchallenge.{target} (above every layer)"
                     )
-                elif rank[target] > rank[sub]:
-                    bad.append(f"{path.relative_to(package)} imports vlmchallenge.{target} (a later layer)")
+                elif target not in allowed[sub]:
+                    bad.append(f"{path.relative_to(package)} imports vlmchallenge.{target} (not allowed)")
     return bad
 
 
-def test_subpackages_import_only_earlier_layers():
-    assert set(LAYERS) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert layer_violations(PACKAGE, LAYERS) == []
+def real_edges(package: Path, subpackages) -> set[tuple[str, str]]:
+    return {
+        (sub, target)
+        for sub in subpackages
+        for path in (package / sub).rglob("*.py")
+        for target in imported_subpackages(path) - {sub}
+    }
+
+
+def test_subpackages_import_only_what_the_graph_allows():
+    assert set(ALLOWED) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert layer_violations(PACKAGE, ALLOWED) == []
+
+
+def test_the_graph_is_the_real_one_and_the_drawing_shows_it():
+    allowed = {(sub, target) for sub, targets in ALLOWED.items() for target in targets}
+    assert allowed - real_edges(PACKAGE, ALLOWED) == set(), "allowed, but no import uses it: remove it"
+    arrows = set(re.findall(r"^\s*(\w+) --> (\w+)\s*$", ARCHITECTURE.read_text(), re.M))
+    drawn = {(a, b) for a, b in arrows if a in ALLOWED and b in ALLOWED}
+    assert drawn == allowed, f"docs/architecture.md draws {sorted(drawn ^ allowed)} differently"
 
 
 def test_entry_points_do_not_import_each_other():
@@ -63,15 +93,25 @@ def test_entry_points_do_not_import_each_other():
         ({"data/a.py": "from vlmchallenge.models.x import y"}, "data/a.py imports vlmchallenge.models"),
         ({"models/a.py": "import vlmchallenge.training.module"}, "models/a.py imports vlmchallenge.training"),
         ({"data/a.py": "from vlmchallenge.train import main"}, "above every layer"),
+        # later in any total order, yet not allowed: the inference engine must not need Lightning
+        (
+            {"serving/a.py": "from vlmchallenge.training.module import M"},
+            "serving/a.py imports vlmchallenge.training",
+        ),
+        (
+            {"evaluation/a.py": "from vlmchallenge.models import x"},
+            "evaluation/a.py imports vlmchallenge.models",
+        ),
+        ({"models/a.py": "from vlmchallenge.models.b import c"}, None),  # within its own package
     ],
 )
-def test_the_check_finds_an_upward_import(tmp_path, files, expected):
-    for sub in ("data", "models", "training"):
+def test_the_check_finds_an_import_the_graph_does_not_allow(tmp_path, files, expected):
+    for sub in ALLOWED:
         (tmp_path / sub).mkdir()
     for name, text in files.items():
         (tmp_path / name).write_text(text + "\n")
-    found = layer_violations(tmp_path, ["data", "models", "training"])
-    assert len(found) == 1 and expected in found[0]
+    found = layer_violations(tmp_path, ALLOWED)
+    assert found == [] if expected is None else len(found) == 1 and expected in found[0]
 
 
 def test_the_data_commands_start_without_lightning_or_transformers():
