@@ -108,7 +108,7 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
     module, dm = two_class_run.objects.components.module, two_class_run.objects.components.datamodule
     module.model.eval()
     batch = next(iter(dm.test_dataloader()))
-    expected = torch.tensor([p["probs"] for p in module.test_predictions[: len(batch["class_index"])]])
+    expected = torch.tensor([p.probs for p in module.test_predictions[: len(batch["class_index"])]])
     got = module.scorer.score(exported, batch).softmax(1)
     assert torch.allclose(got, expected, atol=1e-5)
 

@@ -18,6 +18,7 @@ from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import merge_jobs, prepare
+from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.ground_truth import load_ground_truth_1hz
 from vlmchallenge.evaluation.report import build_report, session_seconds
 from vlmchallenge.training.datamodule import read_split_index
@@ -39,7 +40,7 @@ def raw_1hz(root: str | Path, key: str) -> Path:
     return Path(root) / user / "annotation" / "openpack-operations-1hz" / f"{session}.csv"
 
 
-def predictions_from_shards(out_dir: Path) -> list[dict]:
+def predictions_from_shards(out_dir: Path) -> list[ClipPrediction]:
     """One prediction per prepared clip of every split: its label, except every third clip's, which is
     shifted to the next operation (so the score is neither 0 nor 1 and depends on the truth's every second)."""
     predictions = []
@@ -48,9 +49,8 @@ def predictions_from_shards(out_dir: Path) -> list[dict]:
         for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.decode()):
             meta, target = sample["json"], int(sample["cls"])
             pred = (target + 1) % len(OPERATION_NAMES) if meta["clip"] % 3 == 0 else target
-            predictions.append({"meta": meta, "target": target, "pred": pred, "probs": [0.0] * 10})
-    for p in predictions:
-        p["probs"][p["pred"]] = 1.0
+            one_hot = tuple(float(i == pred) for i in range(len(OPERATION_NAMES)))
+            predictions.append(ClipPrediction(meta, target, pred, one_hot))
     return predictions
 
 
@@ -91,7 +91,7 @@ def test_a_session_prepared_without_1hz_file_is_recorded_null_and_cannot_be_scor
     assert manifest["splits"]["test"]["ground_truth_1hz"] == {"U9003-S0100": None}
     assert json.loads((out_dir / "test" / "U9003-S0100.done.json").read_text())["ground_truth_1hz"] is None
     assert not (out_dir / "test" / "U9003-S0100.operations-1hz.csv").exists()
-    test_clips = [p for p in predictions_from_shards(out_dir) if p["meta"]["user"] == "U9003"]
+    test_clips = [p for p in predictions_from_shards(out_dir) if p.meta["user"] == "U9003"]
     with pytest.raises(
         FileNotFoundError, match=rf"U9003-S0100: no 1-Hz ground truth in the shards at {out_dir}"
     ):

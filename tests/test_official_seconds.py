@@ -13,6 +13,7 @@ from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID, OPERATION_IDS
 from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.jst_time import unix_ms_to_iso
+from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.openpack_metric import evaluate_sessions
 from vlmchallenge.evaluation.report import prediction_times, session_seconds
 
@@ -43,15 +44,15 @@ def write_session(root: Path, key: str, truth: list[int]) -> None:
             i += n
 
 
-def clip(start_ms: int, end_ms: int, pred: int | None, key: str = "U0001-S0100") -> dict:
+def clip(start_ms: int, end_ms: int, pred: int | None, key: str = "U0001-S0100") -> ClipPrediction:
     """A clip prediction: times in ms after T0, `pred` an OpenPack id or None (an invalid generation)."""
     user, session = key.split("-")
     meta = {"user": user, "session": session, "start_ms": T0 + start_ms, "end_ms": T0 + end_ms}
     index = None if pred is None else CLASS_IDS.index(pred)
-    return {"meta": meta, "target": 0, "pred": index}  # `target` is unused: the 1-Hz file is the truth
+    return ClipPrediction(meta, target=0, pred=index)  # `target` is unused: the 1-Hz file is the truth
 
 
-def window_in(second: int, pred: int | None, key: str = "U0001-S0100") -> dict:
+def window_in(second: int, pred: int | None, key: str = "U0001-S0100") -> ClipPrediction:
     """A 2-s window whose centre falls mid-`second` (and whose start in the second before)."""
     return clip(1000 * second - 500, 1000 * second + 1500, pred, key)
 
@@ -60,7 +61,7 @@ def data(root: Path, mode: str) -> DataConfig:
     return DataConfig(root=str(root), clips=ClipConfig(mode=mode))
 
 
-def one_session(tmp_path: Path, truth: list[int], predictions: list[dict], mode: str = "window"):
+def one_session(tmp_path: Path, truth: list[int], predictions: list[ClipPrediction], mode: str = "window"):
     write_session(tmp_path, "U0001-S0100", truth)
     (s,) = session_seconds(predictions, CLASS_IDS, data(tmp_path, mode))
     assert s.key == "U0001-S0100" and s.truth.tolist() == truth

@@ -59,16 +59,16 @@ def clip_cases(two_class_run) -> list[ClipCase]:
     root = Path(two_class_run.cfg.data.root)
     by_label: dict[str, list] = {}
     for p in two_class_run.objects.components.module.test_predictions:
-        by_label.setdefault(names[p["pred"]], []).append(p)
+        by_label.setdefault(names[p.pred], []).append(p)
     assert len(by_label) >= 2, f"the fixture model must discriminate; it predicted only {list(by_label)}"
     cases = []
     for label, preds in sorted(by_label.items()):
         for p in preds[:3]:
-            m = p["meta"]
+            m = p.meta
             source = JpegFolderSource(root / m["user"] / "kinect" / "color-masked" / "frames" / m["session"])
             path_at = dict(zip(source.timestamps_ms.tolist(), source.paths, strict=True))
             frames = [base64.b64encode(Path(path_at[t]).read_bytes()).decode() for t in m["frame_ts_ms"]]
-            cases.append(ClipCase(label, frames, np.asarray(p["probs"])))
+            cases.append(ClipCase(label, frames, np.asarray(p.probs)))
     return cases
 
 

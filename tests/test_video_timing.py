@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.pipeline import prepare
@@ -196,9 +197,9 @@ def test_clip_timing_comes_from_the_metadata_or_a_clear_error():
 
 
 def test_untimed_frames_span_one_training_clip(caplog):
-    assert untimed_clip_ms({"mode": "window", "window_s": 4.0}) == 4_000
+    assert untimed_clip_ms(ClipConfig(mode="window", window_s=4.0)) == 4_000
     with caplog.at_level(logging.WARNING):
-        assert untimed_clip_ms({"mode": "segment", "window_s": 2.0, "max_duration_s": 6.0}) == 6_000
+        assert untimed_clip_ms(ClipConfig(mode="segment", window_s=2.0, max_duration_s=6.0)) == 6_000
     assert "clips.max_duration_s=6.0" in caplog.text
 
 

@@ -24,7 +24,7 @@ from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
-from vlmchallenge.models.exporter import read_export_meta
+from vlmchallenge.models.export_meta import ExportMeta
 from vlmchallenge.models.families import Family
 from vlmchallenge.models.loader import load_processor, model_family, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
@@ -120,9 +120,9 @@ SAMPLER_KEYS = ("num_frames", "max_pixels", "min_pixels", "crop_top", "strategy"
 def settings_from_export(export_dir: str | Path, cfg: DictConfig) -> RunSettings:
     """Evaluate an export folder on the data of `cfg` (an evaluation config: data, dataloader, seed, paths):
     the merged model, its prompt, and a check that the data is sampled as in training."""
-    meta = read_export_meta(export_dir)
+    meta = ExportMeta.read(export_dir)
     data = as_dataclass(DataConfig, cfg.data)
-    trained = {k: meta["sampler"][k] for k in SAMPLER_KEYS}
+    trained = {k: getattr(meta.sampler, k) for k in SAMPLER_KEYS}
     used = {k: getattr(data.sampler, k) for k in SAMPLER_KEYS}
     if trained != used:
         raise ValueError(
@@ -135,7 +135,7 @@ def settings_from_export(export_dir: str | Path, cfg: DictConfig) -> RunSettings
         dataloader=as_dataclass(DataLoaderConfig, cfg.dataloader),
         seed=int(cfg.seed),
         data_dir=str(cfg.paths.data_dir),
-        prompt=PromptBuilder(**meta["prompt"]),
+        prompt=meta.prompt,
     )
 
 

@@ -271,7 +271,7 @@ def annotate(cfg: DictConfig) -> dict:
     with progress:
         annotation = annotator.annotate(recording.source, start, end, update)
     out = Path(cfg.out_dir or cfg.paths.output_dir)
-    model = {"export_dir": str(cfg.export_dir), "base_model": inference.meta.get("base_model")}
+    model = {"export_dir": str(cfg.export_dir), "base_model": inference.meta.base_model}
     meta = write_outputs(
         annotation,
         out,

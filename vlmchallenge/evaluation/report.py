@@ -13,6 +13,7 @@ import torch
 
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
+from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.ground_truth import ground_truth_source
 from vlmchallenge.evaluation.metrics import SCALAR_KEYS, compute_clip_metrics
 from vlmchallenge.evaluation.openpack_metric import (
@@ -26,29 +27,34 @@ from vlmchallenge.evaluation.seconds import prediction_times, score_seconds
 
 
 def session_seconds(
-    predictions: list[dict], class_ids: list[int], data: DataConfig, shard_dir: Path | str | None = None
+    predictions: list[ClipPrediction],
+    class_ids: list[int],
+    data: DataConfig,
+    shard_dir: Path | str | None = None,
 ) -> list[SessionSeconds]:
     """Map clip predictions onto each session's 1-Hz ground truth (`openpack-operations-1hz`): the copy in the
     shard folder `shard_dir` (local or URL), or the raw tree under `data.root` when none is named."""
-    by_session: dict[str, list[dict]] = defaultdict(list)
+    by_session: dict[str, list[ClipPrediction]] = defaultdict(list)
     for p in predictions:
-        by_session[f"{p['meta']['user']}-{p['meta']['session']}"].append(p)
+        by_session[f"{p.meta['user']}-{p.meta['session']}"].append(p)
     truth = ground_truth_source(data.root, shard_dir)
     sessions = []
     for key in sorted(by_session):
         gt = truth(key)
         times, ids = [], []
         for p in by_session[key]:
-            if p["pred"] is None:
+            if p.pred is None:
                 continue  # an invalid generation has no class; its seconds are forward-filled
-            for t in prediction_times(p["meta"], data.clips.mode):
+            for t in prediction_times(p.meta, data.clips.mode):
                 times.append(t)
-                ids.append(class_ids[p["pred"]])
+                ids.append(class_ids[p.pred])
         sessions.append(score_seconds(key, np.asarray(times), np.asarray(ids), gt.unixtime_ms, gt.op_ids))
     return sessions
 
 
-def clip_metric_inputs(predictions: list[dict], class_names: list[str], mode: str, null_handling: str):
+def clip_metric_inputs(
+    predictions: list[ClipPrediction], class_names: list[str], mode: str, null_handling: str
+):
     """(probs, targets) for the clip metrics. With Null among the classes (data.clips.keep_null=true),
     `null_handling=ignore` leaves clips whose truth is Null out (the official score drops Null too);
     `class` scores Null like any other class."""
@@ -57,23 +63,23 @@ def clip_metric_inputs(predictions: list[dict], class_names: list[str], mode: st
     k = len(class_names)
     if null_handling == "ignore" and "Null" in class_names:
         null = class_names.index("Null")
-        predictions = [p for p in predictions if p["target"] != null]
+        predictions = [p for p in predictions if p.target != null]
     if not predictions:
         raise ValueError(
             "no clips left to evaluate (empty split, or only Null clips with null_handling=ignore)"
         )
-    targets = torch.tensor([p["target"] for p in predictions])
+    targets = torch.tensor([p.target for p in predictions])
     if mode == "score":
-        return torch.tensor([p["probs"] for p in predictions]), targets
+        return torch.tensor([p.probs for p in predictions]), targets
     probs = torch.zeros(len(predictions), k)  # one-hot answer; an invalid one gets no class: wrong everywhere
     for i, p in enumerate(predictions):
-        if p["pred"] is not None:
-            probs[i, p["pred"]] = 1.0
+        if p.pred is not None:
+            probs[i, p.pred] = 1.0
     return probs, targets
 
 
 def build_report(
-    predictions: list[dict],
+    predictions: list[ClipPrediction],
     class_names: list[str],
     data: DataConfig,
     out_dir: str | Path,
@@ -82,8 +88,7 @@ def build_report(
     null_handling: str = "ignore",
     shard_dir: Path | str | None = None,
 ) -> dict:
-    """`predictions`: one dict per clip with `meta`, `target`, `pred` (class index or None for an invalid
-    generation) and, in score mode, `probs`. `shard_dir`: the evaluated shards, whose copy of the 1-Hz ground
+    """`predictions`: one per clip (in score mode with `probs`, in generate mode with `text`). `shard_dir`: the evaluated shards, whose copy of the 1-Hz ground
     truth is scored against (None: the raw tree under `data.root`)."""
     if not predictions:
         raise ValueError("no predictions: the evaluated split is empty")
@@ -91,7 +96,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
     class_ids = [NAME_TO_CLASS[n].id for n in class_names]
-    invalid = sum(p["pred"] is None for p in predictions)
+    invalid = sum(p.pred is None for p in predictions)
     probs, targets = clip_metric_inputs(predictions, class_names, mode, null_handling)
     clip = compute_clip_metrics(probs, targets, k)
     if mode != "score":
@@ -117,8 +122,7 @@ def build_report(
             ]
         )
         for p in predictions:
-            m = p["meta"]
-            pred = p["pred"]
+            m, pred = p.meta, p.pred
             w.writerow(
                 [
                     m.get("key", ""),
@@ -126,11 +130,11 @@ def build_report(
                     m["session"],
                     m["start_ms"],
                     m["end_ms"],
-                    class_ids[p["target"]],
-                    class_names[p["target"]],
+                    class_ids[p.target],
+                    class_names[p.target],
                     "" if pred is None else class_ids[pred],
                     "" if pred is None else class_names[pred],
-                    *([f"{x:.6f}" for x in p["probs"]] if mode == "score" else [p.get("text", "")]),
+                    *([f"{x:.6f}" for x in p.probs] if mode == "score" else [p.text or ""]),
                 ]
             )
     confusion_matrix_png(clip["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")

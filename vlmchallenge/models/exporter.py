@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,21 +22,13 @@ from vlmchallenge import __version__
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.config import ModelConfig
+from vlmchallenge.models.export_meta import ExportMeta
 from vlmchallenge.models.families import family_of
 from vlmchallenge.models.loader import configure_video_size, load_base_model
 from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.utils.atomic import atomic_directory
 
-EXPORT_META = "vlmchallenge.json"
 LABEL_MAP = "label_map.json"
-
-
-def read_export_meta(export_dir: str | Path) -> dict:
-    """An export folder's `vlmchallenge.json` (sampler, prompt, base model), or a clear error."""
-    path = Path(export_dir) / EXPORT_META
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a vlmchallenge export folder (python -m vlmchallenge.export)")
-    return json.loads(path.read_text())
 
 
 def read_label_map(export_dir: str | Path) -> list[dict]:
@@ -71,17 +62,16 @@ def export_model(
             for i, name in enumerate(prompt.class_names)
         ]
         (tmp / LABEL_MAP).write_text(json.dumps(label_map, indent=1))
-        meta = {
-            "vlmchallenge_version": __version__,
-            "base_model": pretrained,
-            "adapter": "adapter" if isinstance(model, PeftModel) else None,
-            "quantized_training": model_cfg.quantization.enabled,
-            "sampler": asdict(data_cfg.sampler),
-            "clips": asdict(data_cfg.clips),
-            "prompt": prompt.to_dict(),
-            "data_fingerprint": data_cfg.fingerprint(),
-        }
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=1))
+        ExportMeta(
+            vlmchallenge_version=__version__,
+            base_model=pretrained,
+            adapter="adapter" if isinstance(model, PeftModel) else None,
+            quantized_training=model_cfg.quantization.enabled,
+            sampler=data_cfg.sampler,
+            clips=data_cfg.clips,
+            prompt=prompt,
+            data_fingerprint=data_cfg.fingerprint(),
+        ).write(tmp)
         readable_by_all(tmp)
     return out_dir
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vlmchallenge.data.clip_builder import ClipConfig
+
 log = logging.getLogger(__name__)
 
 TIMING_KEYS = "`start_ms` and `end_ms` (the clip's span, unix ms) or `duration_ms`"
@@ -65,14 +67,14 @@ def video_metadata(frames: np.ndarray, meta: Mapping, what: str = "clip"):
     )
 
 
-def untimed_clip_ms(clips: Mapping) -> int:
+def untimed_clip_ms(clips: ClipConfig) -> int:
     """How long frames sent without timestamps are taken to last: one training clip of the export's `clips`
     settings (window mode: `window_s`). Segment clips vary in length, so that case is an approximation and
     says so."""
-    if clips["mode"] == "window":
-        return round(float(clips["window_s"]) * 1000)
-    cap = clips.get("max_duration_s")
-    field, seconds = ("max_duration_s", cap) if cap else ("window_s", clips["window_s"])
+    if clips.mode == "window":
+        return round(float(clips.window_s) * 1000)
+    cap = clips.max_duration_s
+    field, seconds = ("max_duration_s", cap) if cap else ("window_s", clips.window_s)
     log.warning(
         "clips.mode=segment: segment clips vary in length, so frames sent without timestamps are taken to "
         "span clips.%s=%s s for the video time encoding; send timestamped frames (annotate) for exact timing",

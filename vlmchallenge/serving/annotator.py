@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from vlmchallenge.data.clip_builder import frames_in
+from vlmchallenge.data.clip_builder import ClipConfig, frames_in
 from vlmchallenge.data.frame_source import FrameReader, FrameSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
@@ -108,11 +108,11 @@ class AnnotateSettings:
     min_frames: int | None = None
     batch_size: int = 8
 
-    def resolved(self, export_clips: dict) -> AnnotateSettings:
+    def resolved(self, export_clips: ClipConfig) -> AnnotateSettings:
         out = AnnotateSettings(
-            self.window_s if self.window_s is not None else float(export_clips["window_s"]),
-            self.stride_s if self.stride_s is not None else float(export_clips["stride_s"]),
-            self.min_frames if self.min_frames is not None else int(export_clips["min_frames"]),
+            self.window_s if self.window_s is not None else float(export_clips.window_s),
+            self.stride_s if self.stride_s is not None else float(export_clips.stride_s),
+            self.min_frames if self.min_frames is not None else int(export_clips.min_frames),
             self.batch_size,
         )
         if out.window_s <= 0 or out.stride_s <= 0:
@@ -193,7 +193,7 @@ def annotated_range(
 class RecordingAnnotator:
     def __init__(self, inference: VLMInference, settings: AnnotateSettings | None = None):
         self.inference = inference
-        self.settings = (settings or AnnotateSettings()).resolved(inference.meta["clips"])
+        self.settings = (settings or AnnotateSettings()).resolved(inference.meta.clips)
         self.class_names = list(inference.prompt.class_names)
 
     def plan(self, timestamps_ms: np.ndarray, range_ms: tuple[int, int]) -> tuple[list[Window], dict]:

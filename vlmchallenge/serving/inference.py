@@ -19,12 +19,11 @@ import torch
 from PIL import Image
 
 from vlmchallenge.data.classes import NAME_TO_CLASS
-from vlmchallenge.data.frame_sampler import FrameSampler, SamplerConfig
+from vlmchallenge.data.frame_sampler import FrameSampler
 from vlmchallenge.models.collator import Example, PromptCollator
-from vlmchallenge.models.exporter import read_export_meta
+from vlmchallenge.models.export_meta import ExportMeta
 from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_processor
-from vlmchallenge.models.prompt import PromptBuilder
 from vlmchallenge.models.video_timing import untimed_clip_ms
 
 
@@ -116,10 +115,10 @@ class VLMInference:
         from transformers import AutoModelForImageTextToText
 
         self.export_dir = Path(export_dir)
-        self.meta = read_export_meta(self.export_dir)
-        self.sampler_cfg = SamplerConfig(**self.meta["sampler"])
+        self.meta = ExportMeta.read(self.export_dir)
+        self.sampler_cfg = self.meta.sampler
         self.sampler = FrameSampler(self.sampler_cfg)
-        self.prompt = PromptBuilder(**self.meta["prompt"])
+        self.prompt = self.meta.prompt
         self.device = pick_device(device)
         if dtype in (None, "auto"):
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
@@ -135,7 +134,7 @@ class VLMInference:
         self.collate = PromptCollator(self.processor, self.prompt)
         self.class_ids = [NAME_TO_CLASS[n].id for n in self.prompt.class_names]
         # frames without timestamps span one training clip, for the video time encoding (docs/tiny-vlm.md §4)
-        self.untimed_clip_ms = untimed_clip_ms(self.meta["clips"])
+        self.untimed_clip_ms = untimed_clip_ms(self.meta.clips)
         # PIL's JPEG decode and encode and torch's resize release the GIL, so the chosen frames of a clip, and
         # of every clip in a batch, are decoded at once in threads (docs/serving.md §7)
         self.decode_threads = decode_threads or default_decode_threads()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vlmchallenge.models.exporter import read_export_meta, read_label_map
+from vlmchallenge.models.export_meta import ExportMeta
+from vlmchallenge.models.exporter import read_label_map
 from vlmchallenge.serving.admission import AdmissionControl
 from vlmchallenge.serving.annotate_api import RecordingAnnotatorAPI
 from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, ServeLimits
@@ -20,10 +21,10 @@ from vlmchallenge.serving.supervision import FailFastLitServer
 
 def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
     """What /info shows, read from the export's files (workers load the model after the server starts)."""
-    meta = read_export_meta(export_dir)
+    meta = ExportMeta.read(export_dir)
     return {
         "export_dir": str(export_dir),
-        "base_model": meta.get("base_model"),
+        "base_model": meta.base_model,
         "classes": read_label_map(export_dir),
         "input": {
             "POST /predict": "JSON {frames: [base64 JPEG/PNG, ...]} or {video: base64 file} or {clips: [...]}",
@@ -31,7 +32,7 @@ def model_metadata(export_dir: Path, limits: ServeLimits) -> dict:
             "POST /annotate": "JSON {frames: [...], timestamps_ms: [...]} or {video: base64 file, origin_ms?} -> "
             "per-second timeline + segments",
             "max_recording_s": limits.max_recording_s,
-            "frames_used_per_clip": meta["sampler"]["num_frames"],
+            "frames_used_per_clip": meta.sampler.num_frames,
             "max_frames_per_clip": limits.max_frames_per_clip,
             "max_clips_per_request": limits.max_clips_per_request,
         },
@@ -42,7 +43,7 @@ def build_server(cfg: DictConfig, api_done: Event | None = None) -> FailFastLitS
     """`api_done`: set when the API process has answered its last request (serving/shutdown.py)."""
     api_done = api_done or api_done_event()
     export_dir = Path(cfg.export_dir)
-    read_export_meta(export_dir)  # a clear error now, not in every worker later
+    ExportMeta.read(export_dir)  # a clear error now, not in every worker later
     limits = ServeLimits(**cfg.limits)
     decode_threads = cfg.decode_threads
     apis = [

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import get_scheduler
 
+from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.metrics import clip_metrics
 from vlmchallenge.models.adapters import apply_adapters, trainable_report
 from vlmchallenge.models.config import ModelConfig, OptimConfig
@@ -68,7 +69,7 @@ class VLMClassifier(pl.LightningModule):
         self.val_metrics.add_metrics({"loss": MeanMetric()})
         self.test_metrics.add_metrics({"loss": MeanMetric()})
         self.strict_loading = False  # checkpoints hold only the trainable tensors (adapter + saved modules)
-        self.test_predictions: list[dict] = []
+        self.test_predictions: list[ClipPrediction] = []
 
     # ------------------------------------------------------------------ model
 
@@ -130,16 +131,12 @@ class VLMClassifier(pl.LightningModule):
             texts = generate_answers(self.model, self.tokenizer, batch, self.prompt, steps)
             for meta, text, y in zip(batch["meta"], texts, targets, strict=True):
                 answer = text.split(self.prompt.answer_suffix)[0]
-                self.test_predictions.append(
-                    {"meta": meta, "target": y, "pred": self.prompt.parse(answer), "text": answer}
-                )
+                self.test_predictions.append(ClipPrediction(meta, y, self.prompt.parse(answer), text=answer))
             return
         scores = self._evaluate(batch, self.test_metrics)
         probs = scores.softmax(1).cpu()
         for meta, p, y in zip(batch["meta"], probs, targets, strict=True):
-            self.test_predictions.append(
-                {"meta": meta, "target": y, "probs": p.tolist(), "pred": int(p.argmax())}
-            )
+            self.test_predictions.append(ClipPrediction(meta, y, int(p.argmax()), tuple(p.tolist())))
 
     def on_test_epoch_start(self) -> None:
         self.test_predictions = []
@@ -178,17 +175,17 @@ class VLMClassifier(pl.LightningModule):
         return adapter_only(full, trainable)
 
 
-def gather_predictions(local: list[dict]) -> list[dict]:
+def gather_predictions(local: list[ClipPrediction]) -> list[ClipPrediction]:
     """Every rank's per-clip predictions, on every rank, in key order (the same list a 1-process run makes).
     Each clip lives in exactly one rank's shards, so a key seen twice is a data-split bug, not a duplicate."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, local)
         local = [p for part in parts for p in part]
-    keys = [p["meta"]["key"] for p in local]
+    keys = [p.key for p in local]
     if len(set(keys)) != len(keys):
         raise RuntimeError("a clip was evaluated by more than one rank; the evaluation split is not disjoint")
-    return sorted(local, key=lambda p: p["meta"]["key"])
+    return sorted(local, key=lambda p: p.key)
 
 
 def adapter_only(state: dict, trainable: set[str]) -> dict:
