@@ -37,9 +37,9 @@ from train_step import compose_default  # noqa: E402
 from vlmchallenge.assembly import assemble, settings_from_config  # noqa: E402
 from vlmchallenge.data.frame_source import JpegFolderSource  # noqa: E402
 from vlmchallenge.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator  # noqa: E402
+from vlmchallenge.inference.engine import VLMInference  # noqa: E402
 from vlmchallenge.models.collator import Example  # noqa: E402
-from vlmchallenge.serving.annotator import AnnotateSettings, RecordingAnnotator  # noqa: E402
-from vlmchallenge.serving.inference import VLMInference  # noqa: E402
 from vlmchallenge.workflows import export_components  # noqa: E402
 
 TARGET_SPEEDUP = 3.0

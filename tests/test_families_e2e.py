@@ -14,11 +14,11 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
+from vlmchallenge.inference.annotator import RecordingAnnotator
+from vlmchallenge.inference.engine import VLMInference
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.families import family_of
 from vlmchallenge.models.label_scorer import PROMPT_KEYS
-from vlmchallenge.serving.annotator import RecordingAnnotator
-from vlmchallenge.serving.inference import VLMInference
 from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule
 

@@ -1,6 +1,7 @@
 """Imports flow one way, along the graph drawn in docs/architecture.md: `ALLOWED` is what each subpackage may
 import, and it is the real graph, no more: every allowed edge is used by some import, and the drawing's arrows are
-these edges. So `evaluation` imports only `data`, and `serving` never imports the Lightning layer (`training`).
+these edges. So `evaluation` imports only `data`, and neither `inference` nor `serving` imports the Lightning
+layer (`training`).
 Above them: `assembly`, `workflows`, `data_workflows` and the entry points. Read from the source with `ast`, so
 nothing is imported to check."""
 
@@ -23,8 +24,9 @@ ALLOWED = {
     "models": {"utils", "data"},
     "evaluation": {"data"},
     "training": {"utils", "data", "models", "evaluation"},
-    "serving": {"data", "models", "evaluation"},  # the engine and the HTTP APIs: no Lightning
-    "reviewing": {"utils", "data", "serving"},  # the review page: no model at all
+    "inference": {"data", "models", "evaluation"},  # the offline engine and annotator: no Lightning, no HTTP
+    "serving": {"data", "models", "inference"},  # the HTTP APIs in front of the engine
+    "reviewing": {"utils", "data", "inference"},  # the review page: no model at all
 }
 LAYERS = list(ALLOWED)
 
@@ -93,7 +95,7 @@ def test_entry_points_do_not_import_each_other():
         ({"data/a.py": "from vlmchallenge.models.x import y"}, "data/a.py imports vlmchallenge.models"),
         ({"models/a.py": "import vlmchallenge.training.module"}, "models/a.py imports vlmchallenge.training"),
         ({"data/a.py": "from vlmchallenge.train import main"}, "above every layer"),
-        # later in any total order, yet not allowed: the inference engine must not need Lightning
+        # later in any total order, yet not allowed: the servers must not need Lightning
         (
             {"serving/a.py": "from vlmchallenge.training.module import M"},
             "serving/a.py imports vlmchallenge.training",

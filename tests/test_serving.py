@@ -30,7 +30,7 @@ from PIL import Image
 
 from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.frame_source import JpegFolderSource
-from vlmchallenge.serving.inference import VLMInference, decode_image
+from vlmchallenge.inference.engine import VLMInference, decode_image
 from vlmchallenge.serving.server import build_server
 
 

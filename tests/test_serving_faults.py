@@ -51,8 +51,8 @@ from tests.test_serving import (
     post,
     wait_for_health,
 )
+from vlmchallenge.inference.engine import BadInput, decode_image
 from vlmchallenge.serving.api import ChatClassifierAPI, ExportBackedAPI, ServeLimits
-from vlmchallenge.serving.inference import BadInput, decode_image
 from vlmchallenge.serving.supervision import EXIT_PROCESS_DIED
 
 

@@ -20,6 +20,8 @@ from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.pipeline import prepare
+from vlmchallenge.inference.annotator import RecordingAnnotator
+from vlmchallenge.inference.engine import VLMInference, decode_image
 from vlmchallenge.models.collator import Example, PromptCollator, TrainCollator
 from vlmchallenge.models.config import ModelConfig
 from vlmchallenge.models.exporter import export_model
@@ -28,8 +30,6 @@ from vlmchallenge.models.label_scorer import LabelScorer
 from vlmchallenge.models.loader import load_processor, resolve_pretrained
 from vlmchallenge.models.prompt import PromptBuilder, operation_names
 from vlmchallenge.models.video_timing import clip_duration_ms, untimed_clip_ms
-from vlmchallenge.serving.annotator import RecordingAnnotator
-from vlmchallenge.serving.inference import VLMInference, decode_image
 from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule
 

@@ -244,11 +244,11 @@ def annotate(cfg: DictConfig) -> dict:
 
     from rich.console import Console
 
-    from vlmchallenge.serving.annotation_outputs import write_outputs
-    from vlmchallenge.serving.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
-    from vlmchallenge.serving.inference import VLMInference
-    from vlmchallenge.serving.recordings import open_recording, parse_time, reopen_args
-    from vlmchallenge.serving.segments import Smoothing
+    from vlmchallenge.inference.annotation_outputs import write_outputs
+    from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
+    from vlmchallenge.inference.engine import VLMInference
+    from vlmchallenge.inference.recordings import open_recording, parse_time, reopen_args
+    from vlmchallenge.inference.segments import Smoothing
 
     smoothing = Smoothing(**cfg.smoothing)
     smoothing.validate()  # before anything loads

@@ -1,5 +1,5 @@
 """From predictions at points in time to one answer per second: the one path shared by the evaluator
-(`report.session_seconds`) and by whole-recording annotation (`serving/annotator.py`).
+(`report.session_seconds`) and by whole-recording annotation (`inference/annotator.py`).
 
 - A window's prediction holds at its centre; a segment's at its start and each whole second inside it
   (`prediction_times`).

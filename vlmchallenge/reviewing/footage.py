@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from vlmchallenge.data.annotation_parser import SecondLabels
-from vlmchallenge.serving.recordings import Recording, open_recording
+from vlmchallenge.inference.recordings import Recording, open_recording
 
 THUMBNAIL_WIDTH = 640  # px: sharp enough to tell the operations apart, small enough to scrub through
 THUMBNAILS_CACHED = 512  # ~30 kB each: about 15 MB for the frames most recently looked at

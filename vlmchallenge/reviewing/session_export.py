@@ -24,9 +24,9 @@ from pathlib import Path
 from vlmchallenge.data.annotation_writer import csv_bytes, write_operations_1hz_csv, write_operations_csv
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.jst_time import unix_ms_to_frame_relpath
+from vlmchallenge.inference.recordings import check_ids
 from vlmchallenge.reviewing.footage import Footage
 from vlmchallenge.reviewing.review_folder import ReviewFolder
-from vlmchallenge.serving.recordings import check_ids
 from vlmchallenge.utils.atomic import atomic_directory, write_atomically
 
 

@@ -1,9 +1,9 @@
 """`POST /annotate`: a whole recording (a video, or frames with their capture times) -> the per-second
 timeline and the operation segments, as JSON.
 
-The same engine as `python -m vlmchallenge.annotate` (`serving/annotator.py`: windows from the export's clip
+The same engine as `python -m vlmchallenge.annotate` (`inference/annotator.py`: windows from the export's clip
 settings, a bounded frame cache, windows scored in batches by the KV-cached label scorer), the same JSON rows as
-its files (`serving/annotation_outputs.py`). One request is one recording, so requests are not batched with each
+its files (`inference/annotation_outputs.py`). One request is one recording, so requests are not batched with each
 other: the batching happens over the recording's windows. Limits (duration, frames, pixels, payload) are
 checked before any frame is decoded; bad input is a 422 naming the field.
 """
@@ -19,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vlmchallenge.data.frame_source import FrameSource, VideoFileSource, video_creation_time_ms
 from vlmchallenge.data.jst_time import unix_ms_to_iso
-from vlmchallenge.serving.annotation_outputs import (
+from vlmchallenge.inference.annotation_outputs import (
     metadata,
     second_probabilities,
     segments_json,
     timeline_json,
 )
-from vlmchallenge.serving.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
+from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
+from vlmchallenge.inference.engine import BadInput, decode_image
+from vlmchallenge.inference.segments import Smoothing, segments
 from vlmchallenge.serving.api import (
     IMAGE,
     VIDEO,
@@ -35,8 +37,6 @@ from vlmchallenge.serving.api import (
     client_error,
     exactly_one_of,
 )
-from vlmchallenge.serving.inference import BadInput, decode_image
-from vlmchallenge.serving.segments import Smoothing, segments
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from fastapi import Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlmchallenge.serving.inference import BadInput, VLMInference, decode_image, decode_video
+from vlmchallenge.inference.engine import BadInput, VLMInference, decode_image, decode_video
 from vlmchallenge.serving.shutdown import leave_stop_signals_to_main
 
 log = logging.getLogger(__name__)

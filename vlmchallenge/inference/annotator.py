@@ -34,7 +34,7 @@ from vlmchallenge.data.clip_builder import ClipConfig, frames_in
 from vlmchallenge.data.frame_source import FrameReader, FrameSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
-from vlmchallenge.serving.inference import BadInput, VLMInference
+from vlmchallenge.inference.engine import BadInput, VLMInference
 
 # A second's prediction is made at its end: the instant its 1-Hz ground-truth label describes (module docstring).
 SECOND_END_MS = 999

@@ -34,8 +34,8 @@ from vlmchallenge.evaluation.openpack_metric import (
 )
 from vlmchallenge.evaluation.plots import recording_timeline_png
 from vlmchallenge.evaluation.seconds import MISSING, NO_FRAMES, NO_WINDOW, PREDICTED, score_seconds
-from vlmchallenge.serving.annotator import Annotation
-from vlmchallenge.serving.segments import Run, Smoothing, segments
+from vlmchallenge.inference.annotator import Annotation
+from vlmchallenge.inference.segments import Run, Smoothing, segments
 
 OUTPUT_FILES = (
     "timeline.csv",
