@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from vlmchallenge.conf_schema import as_dataclass
-from vlmchallenge.data.config import DataConfig
+from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
 from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
@@ -51,7 +51,7 @@ class RunSettings:
     dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     optim: OptimConfig | None = None
     seed: int = 0
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     prompt: PromptBuilder | None = None  # null: the OpenPack operations (+ Null when clips keep it)
 
     def validate(self) -> None:

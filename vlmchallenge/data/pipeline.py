@@ -19,7 +19,7 @@ from vlmchallenge.data import locations
 from vlmchallenge.data.annotation_parser import OperationAnnotation, parse_operations_csv
 from vlmchallenge.data.classes import ID_TO_CLASS, OPENPACK_OPERATIONS, class_index
 from vlmchallenge.data.clip_builder import build_clips
-from vlmchallenge.data.config import MANIFEST_VERSION, DataConfig
+from vlmchallenge.data.config import DEFAULT_DATA_DIR, MANIFEST_VERSION, DataConfig
 from vlmchallenge.data.frame_sampler import FrameSampler, SessionFrameCache
 from vlmchallenge.data.frame_source import NoUsableFrames
 from vlmchallenge.data.jst_time import unix_ms_to_jst
@@ -289,7 +289,7 @@ def select_subset(
 
 def prepare(
     cfg: DataConfig,
-    data_dir: str | Path = "data",
+    data_dir: str | Path = DEFAULT_DATA_DIR,
     progress: Callable[[SessionResult, int], None] | None = None,
 ) -> PrepareResult:
     """Build (or resume, or reuse) the shards for `cfg`. Safe to call repeatedly: finished work is skipped.
@@ -369,7 +369,7 @@ def _build_shards(
     return PrepareResult(out_dir, manifest, results, unassigned, seconds, totals, splits, subset)
 
 
-def merge_jobs(cfg: DataConfig, data_dir: str | Path = "data") -> PrepareResult:
+def merge_jobs(cfg: DataConfig, data_dir: str | Path = DEFAULT_DATA_DIR) -> PrepareResult:
     """Write the split indexes and the manifest from the done-markers that subset jobs left in the output
     folder. Refuses while a session of the plan has no marker, or a marker was made with other settings, or a
     shard a marker lists is missing or of another size. The raw tree is only listed, never read."""

@@ -59,7 +59,7 @@ def build_server(cfg: DictConfig, api_done: Event | None = None) -> FailFastLitS
     ]
     if cfg.openai:
         apis.append(ChatClassifierAPI(str(export_dir), cfg.device, limits, cfg.api_key, decode_threads))
-    if cfg.get("annotate", True):
+    if cfg.annotate:
         apis.append(
             RecordingAnnotatorAPI(
                 str(export_dir), cfg.device, limits, cfg.api_key, cfg.annotate_batch_size, decode_threads

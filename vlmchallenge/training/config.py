@@ -33,7 +33,7 @@ class VRAMConfig:
     enabled: bool = True
     budget_gib: float | None = None  # null: the GPU's free memory (no GPU and null: no planning)
     global_batch_size: int | None = None  # null: dataloader.batch_size x world size
-    margin: float = 0.10
+    margin: float = 0.10  # the share of the budget the plan leaves free (allocator fragmentation, spikes)
     text_tokens: int = 120  # offline planning only: prompt + answer tokens (a real run reads its batches)
     source_frame_size: list[int] | None = None  # offline planning: [w, h]; null = synthetic size or 1280x720
     chart: str | None = None  # offline planning: write a stacked-bar PNG of the breakdown here

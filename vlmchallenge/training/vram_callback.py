@@ -61,13 +61,15 @@ def footprint_inputs(
 class VRAMPlanner(pl.Callback):
     def __init__(
         self,
-        enabled: bool = True,
-        budget_gib: float | None = None,
-        global_batch_size: int | None = None,
-        margin: float = 0.10,
+        enabled: bool,
+        budget_gib: float | None,
+        global_batch_size: int | None,
+        margin: float,
         check_after_steps: int = 3,
         tolerance: float = 0.15,
     ):
+        """The first four are the `vram` config's (`VRAMConfig`, where their defaults live; conf/callbacks passes
+        them); the last two are this callback's own check of the plan against the measured peak."""
         self.enabled, self.budget_gib, self.global_batch_size = enabled, budget_gib, global_batch_size
         self.margin, self.check_after_steps, self.tolerance = margin, check_after_steps, tolerance
         self.batch_plan = None
