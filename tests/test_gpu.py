@@ -68,7 +68,7 @@ def test_fsdp_wraps_the_blocks_and_keeps_checkpoints_adapter_only(tmp_path, shar
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     from vlmchallenge.assembly import assemble, settings_from_config
-    from vlmchallenge.workflows import export_checkpoint
+    from vlmchallenge.workflows import export
 
     overrides = ["trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1"]
     cfg = compose_train(tmp_path / "run", shared_data_dir, overrides, log_dir=tmp_path)
@@ -86,4 +86,4 @@ def test_fsdp_wraps_the_blocks_and_keeps_checkpoints_adapter_only(tmp_path, shar
     plain = assemble(settings_from_config(cfg), "export").module
     plain.configure_model()
     assert set(saved) == set(plain.state_dict())
-    assert (export_checkpoint(ckpt, str(shared_data_dir), tmp_path / "export") / "model.safetensors").exists()
+    assert (export(ckpt, str(shared_data_dir), tmp_path / "export") / "model.safetensors").exists()

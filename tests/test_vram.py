@@ -291,10 +291,10 @@ def test_the_vram_cli_plans_per_rank(overrides, world, per_rank, _clear_hydra):
 
     import vlmchallenge.conf_schema  # noqa: F401
     from tests.helpers.runs import CONF_DIR
-    from vlmchallenge.workflows import plan_memory
+    from vlmchallenge.workflows import vram
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=qwen2vl_7b_qlora", "vram.budget_gib=80", *overrides])
-    plan = plan_memory(cfg)
+    plan = vram(cfg)
     assert plan.world_size == world
     assert plan.micro_batch * plan.accumulate == per_rank

@@ -10,11 +10,12 @@ from omegaconf import DictConfig
 
 from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data.config import DataConfig
-from vlmchallenge.data.pipeline import PrepareResult, merge_jobs, prepare
+from vlmchallenge.data import pipeline
+from vlmchallenge.data.pipeline import PrepareResult
 from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 
 
-def run_prepare(cfg: DictConfig) -> PrepareResult:
+def prepare(cfg: DictConfig) -> PrepareResult:
     """Shards for `cfg.data` (all sessions, or a subset job's), or with `merge=true` the split indexes and the
     manifest from the subset jobs' done-markers; prints and saves the summary."""
     from hydra.core.hydra_config import HydraConfig
@@ -23,11 +24,11 @@ def run_prepare(cfg: DictConfig) -> PrepareResult:
     data = as_dataclass(DataConfig, cfg.data)
     console = Console()
     if cfg.get("merge", False):
-        result = merge_jobs(data, cfg.paths.data_dir)
+        result = pipeline.merge_jobs(data, cfg.paths.data_dir)
     else:
         progress, update = session_progress(console)
         with progress:
-            result = prepare(data, cfg.paths.data_dir, progress=update)
+            result = pipeline.prepare(data, cfg.paths.data_dir, progress=update)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     merge_cmd = merge_command(overrides) if result.subset else None
     print_summary(result, console, merge_cmd)

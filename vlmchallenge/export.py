@@ -8,12 +8,12 @@ from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401
 from vlmchallenge.utils.runs import print_locations
-from vlmchallenge.workflows import command_line_overrides, export_checkpoint
+from vlmchallenge.workflows import command_line_overrides, export
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    out = export_checkpoint(cfg.ckpt, cfg.paths.data_dir, cfg.out_dir, command_line_overrides())
+    out = export(cfg.ckpt, cfg.paths.data_dir, cfg.out_dir, command_line_overrides())
     print_locations({"export": out})
 
 

@@ -11,12 +11,12 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.data_workflows import run_prepare
+from vlmchallenge.data_workflows import prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    run_prepare(cfg)
+    prepare(cfg)
 
 
 if __name__ == "__main__":

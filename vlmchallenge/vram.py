@@ -8,12 +8,12 @@ from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401
 from vlmchallenge.utils.cli import accept_plus_experiment
-from vlmchallenge.workflows import plan_memory
+from vlmchallenge.workflows import vram
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    plan_memory(cfg)
+    vram(cfg)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""What the model commands run, as library functions over the assembly (testable without a command line).
+"""What the model commands run, as library functions over the assembly (testable without a command line), each
+named after its command.
 
 train -> fit, test report, export; evaluate -> report of a checkpoint or an export folder; export -> an export
-folder from a checkpoint alone; vram (`plan_memory`) -> the VRAM plan of a config, offline; annotate -> the
+folder from a checkpoint alone; vram -> the VRAM plan of a config, offline; annotate -> the
 timeline of a whole recording. The data commands are in `data_workflows.py`, apart, so that they start without
 importing Lightning or transformers.
 """
@@ -121,7 +122,7 @@ def export_trained(parts: Components, best_checkpoint: str | None, out_dir: Path
             raise ValueError(
                 "export under FSDP needs a checkpoint to rebuild from; enable the model checkpoint"
             )
-        return export_checkpoint(best_checkpoint, parts.settings.data_dir, out_dir)
+        return export(best_checkpoint, parts.settings.data_dir, out_dir)
     return export_components(parts, out_dir)
 
 
@@ -185,7 +186,7 @@ def default_export_dir(ckpt: Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}-export")
 
 
-def export_checkpoint(
+def export(
     ckpt: str | Path, data_dir: str, out_dir: str | Path | None = None, overrides: list[str] = ()
 ) -> Path:
     """A training checkpoint alone (it carries its settings) -> one export folder."""
@@ -204,7 +205,7 @@ def export_checkpoint(
     return export_components(parts, Path(out_dir) if out_dir else default_export_dir(ckpt))
 
 
-def plan_memory(cfg: DictConfig) -> BatchPlan:
+def vram(cfg: DictConfig) -> BatchPlan:
     """The predicted peak per GPU and the micro-batch / accumulation plan, without loading any weights."""
     if cfg.vram.budget_gib is None:
         raise ValueError("set vram.budget_gib=<GiB of the GPU to plan for>")
