@@ -15,9 +15,9 @@ from omegaconf import open_dict
 
 import vlmchallenge.conf_schema  # noqa: F401
 from tests.helpers.runs import CONF_DIR
+from vlmchallenge import data_workflows
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import merge_jobs, prepare
-from vlmchallenge.data_workflows import prepare
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -121,7 +121,7 @@ def run_cli(run_dir: Path, overrides: list[str]):
         cfg.hydra.runtime.output_dir = str(run_dir)
     HydraConfig.instance().set_config(cfg)
     try:
-        return prepare(cfg), json.loads((run_dir / "prepare_summary.json").read_text())
+        return data_workflows.prepare(cfg), json.loads((run_dir / "prepare_summary.json").read_text())
     finally:
         GlobalHydra.instance().clear()
 

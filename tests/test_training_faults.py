@@ -13,8 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from tests.helpers.runs import compose_train
 from tests.helpers.shard_damage import complete_before, flip_header_bit, members, truncate
+from vlmchallenge import data_workflows
 from vlmchallenge.data.pipeline import prepare
-from vlmchallenge.data_workflows import prepare
 from vlmchallenge.training.config import DataLoaderConfig
 from vlmchallenge.training.datamodule import ShardDataModule, read_split_shards
 from vlmchallenge.training.shard_errors import (
@@ -106,7 +106,7 @@ def test_a_training_run_survives_a_bit_flipped_shard_logs_the_skips_and_stops_pa
         return cfg, run_dir
 
     cfg, run_dir = compose("tolerant", "data.max_skipped_fraction=1.0", "trainer.log_every_n_steps=1")
-    prepared = prepare(cfg)
+    prepared = data_workflows.prepare(cfg)
     shards = sorted((prepared.out_dir / "train").glob("*.tar"))
     flip_header_bit(shards[0])
     # one pass over the damaged split through training's own reader: every listed sample is delivered, or

@@ -9,8 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vlmchallenge.conf_schema import as_dataclass
-from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data import pipeline
+from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.pipeline import PrepareResult
 from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 
