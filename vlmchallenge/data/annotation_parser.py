@@ -21,8 +21,9 @@ from vlmchallenge.data.jst_time import iso_to_unix_ms
 OPERATION_COLUMNS = ("uuid", "user", "session", "box", "id", "operation", "start", "end", "actions")
 OPERATION_1HZ_COLUMNS = ("unixtime", "user", "session", "box", "id")
 
-_USER = re.compile(r"^U\d{4}$")
-_SESSION = re.compile(r"^S\d{4}$")
+# OpenPack's ids: `U0209`, `S0500` (the folder names, and the user/session columns of every CSV)
+USER_ID = re.compile(r"^U\d{4}$")
+SESSION_ID = re.compile(r"^S\d{4}$")
 
 
 class AnnotationError(ValueError):
@@ -153,11 +154,11 @@ def _user_session(
     path: str | Path, line: int, row: dict[str, str], expect: tuple[str, str] | None
 ) -> tuple[str, str]:
     user, session = row["user"].strip(), row["session"].strip()
-    if not _USER.match(user):
+    if not USER_ID.match(user):
         raise AnnotationError(
             path, line, f"field 'user': expected U followed by 4 digits (e.g. U0209), got {user!r}"
         )
-    if not _SESSION.match(session):
+    if not SESSION_ID.match(session):
         raise AnnotationError(
             path, line, f"field 'session': expected S followed by 4 digits (e.g. S0500), got {session!r}"
         )

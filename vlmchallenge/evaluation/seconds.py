@@ -64,7 +64,7 @@ def forward_fill(ids: np.ndarray, fallback: int) -> tuple[np.ndarray, int]:
     return filled, int(missing.sum())
 
 
-def check_ids(predicted_ids: np.ndarray, key: str) -> None:
+def check_predicted_ids(predicted_ids: np.ndarray, key: str) -> None:
     unknown = sorted(set(np.asarray(predicted_ids).tolist()) - set(ID_TO_CLASS))
     if unknown:
         raise ValueError(
@@ -82,7 +82,7 @@ def score_seconds(
     ids = np.asarray(predicted_ids, dtype=np.int64)
     if len(times) != len(ids):
         raise ValueError(f"{key}: {len(times)} prediction times for {len(ids)} predictions")
-    check_ids(ids, key)
+    check_predicted_ids(ids, key)
     grid = np.asarray(grid_ms, dtype=np.int64)
     if len(times) == 0:
         pred, filled = np.full(len(grid), NULL_ID, dtype=np.int64), len(grid)

@@ -3,13 +3,18 @@ opened as a `FrameSource` with unix-ms frame times, plus the session's 1-Hz grou
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
-from vlmchallenge.data.annotation_parser import SecondLabels, parse_operations_1hz_csv, parse_operations_csv
+from vlmchallenge.data.annotation_parser import (
+    SESSION_ID,
+    USER_ID,
+    SecondLabels,
+    parse_operations_1hz_csv,
+    parse_operations_csv,
+)
 from vlmchallenge.data.frame_source import (
     FrameSource,
     JpegFolderSource,
@@ -24,7 +29,6 @@ DEFAULT_USER, DEFAULT_SESSION = (
     "U0000",
     "S0000",
 )  # ids written for a recording that is not an OpenPack session
-_USER, _SESSION = re.compile(r"^U\d{4}$"), re.compile(r"^S\d{4}$")
 
 
 @dataclass
@@ -93,8 +97,8 @@ def video_origin(path: Path, video_time_origin) -> int:
     return parse_time(video_time_origin, "video_time_origin")
 
 
-def check_ids(user: str, session: str) -> None:
-    if not _USER.match(user) or not _SESSION.match(session):
+def check_openpack_ids(user: str, session: str) -> None:
+    if not USER_ID.match(user) or not SESSION_ID.match(session):
         raise ValueError(
             f"user/session: expected OpenPack ids like U0209 and S0500 (operations.csv and the submission carry "
             f"them), got {user!r}/{session!r}"
@@ -141,7 +145,7 @@ def open_recording(
             truth = parse_operations_1hz_csv(ref.operations_1hz_csv)
         return Recording(kind, frames, user, session, truth)
     user, session = user or DEFAULT_USER, session or DEFAULT_SESSION
-    check_ids(user, session)
+    check_openpack_ids(user, session)
     if kind == "frames":
         return Recording(kind, JpegFolderSource(path), user, session, truth)
     if not path.is_file():

@@ -24,7 +24,7 @@ from pathlib import Path
 from vlmchallenge.data.annotation_writer import csv_bytes, write_operations_1hz_csv, write_operations_csv
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.jst_time import unix_ms_to_frame_relpath
-from vlmchallenge.inference.recordings import check_ids
+from vlmchallenge.inference.recordings import check_openpack_ids
 from vlmchallenge.reviewing.footage import Footage
 from vlmchallenge.reviewing.review_folder import ReviewFolder
 from vlmchallenge.utils.atomic import atomic_directory, write_atomically
@@ -72,7 +72,7 @@ def export_session(folder: ReviewFolder, footage: Footage, target: str | Path) -
     """Write the reviewed recording as the OpenPack session `target` = `<root>/<user>/<session>`."""
     target = Path(target)
     user, session = target.parent.name, target.name
-    check_ids(user, session)
+    check_openpack_ids(user, session)
     user_dir = target.parent
     rows, span = folder.segments(), folder.span
     seconds = [s.unixtime_ms for s in folder.seconds]
