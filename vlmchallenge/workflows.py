@@ -245,10 +245,11 @@ def annotate(cfg: DictConfig) -> dict:
 
     from rich.console import Console
 
+    from vlmchallenge.data.video_origin import parse_time
     from vlmchallenge.inference.annotation_outputs import write_outputs
     from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
     from vlmchallenge.inference.engine import VLMInference
-    from vlmchallenge.inference.recordings import open_recording, parse_time, reopen_args
+    from vlmchallenge.inference.recordings import open_recording, reopen_args
     from vlmchallenge.inference.segments import Smoothing
 
     smoothing = Smoothing(**cfg.smoothing)

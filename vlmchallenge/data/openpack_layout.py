@@ -17,8 +17,8 @@ from vlmchallenge.data.frame_source import (
     FrameSource,
     JpegFolderSource,
     VideoFileSource,
-    video_creation_time_ms,
 )
+from vlmchallenge.data.video_origin import video_origin_ms
 
 _USER_DIR = re.compile(r"^U\d{4}$")
 _SESSION_FILE = re.compile(r"^S\d{4}\.csv$")
@@ -71,17 +71,9 @@ def open_source(
     if source != "video":
         raise ValueError(f"data.source: expected 'frames' or 'video', got {source!r}")
     path = Path(video_pattern.format(root=root, user=ref.user, session=ref.session))
-    if video_time_origin == "first_annotation":
-        origin = ann.segments[0].start_ms
-    elif video_time_origin == "creation_time":
-        origin = video_creation_time_ms(path) if path.exists() else None
-        if origin is None and path.exists():
-            raise ValueError(
-                f"{path}: no timezone-aware creation_time tag; set data.video_time_origin=first_annotation "
-                "if the video starts at the first annotated segment"
-            )
-    else:
-        raise ValueError(
-            f"data.video_time_origin: expected 'creation_time' or 'first_annotation', got {video_time_origin!r}"
-        )
-    return VideoFileSource(path, origin or 0)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: video file not found (data.video_pattern={video_pattern!r})")
+    first_annotation = ann.segments[0].start_ms if ann.segments else None
+    return VideoFileSource(
+        path, video_origin_ms(path, video_time_origin, "data.video_time_origin", first_annotation)
+    )

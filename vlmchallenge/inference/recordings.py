@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
 from vlmchallenge.data.annotation_parser import (
     SESSION_ID,
     USER_ID,
@@ -19,10 +17,9 @@ from vlmchallenge.data.frame_source import (
     FrameSource,
     JpegFolderSource,
     VideoFileSource,
-    video_creation_time_ms,
 )
-from vlmchallenge.data.jst_time import iso_to_unix_ms
 from vlmchallenge.data.openpack_layout import discover_sessions, open_source
+from vlmchallenge.data.video_origin import video_origin_ms
 
 KINDS = ("auto", "openpack", "frames", "video")
 DEFAULT_USER, DEFAULT_SESSION = (
@@ -58,43 +55,6 @@ def reopen_args(cfg, recording: Recording) -> dict:
         "video_time_origin": cfg.video_time_origin,
         "ground_truth": truth,
     }
-
-
-def parse_time(value, what: str) -> int | None:
-    """A time given on the command line: unix ms, or ISO 8601 with an offset (`2022-03-29 14:25:22+09:00`)."""
-    if value is None:
-        return None
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return int(value)
-    try:
-        return iso_to_unix_ms(str(value))
-    except ValueError as e:
-        raise ValueError(
-            f"{what}: expected unix ms or an ISO time with offset (e.g. 2022-03-29 14:25:22+09:00), "
-            f"got {value!r} ({e})"
-        ) from None
-
-
-def video_origin(path: Path, video_time_origin) -> int:
-    """A video's time origin: its `creation_time` tag, or the time given."""
-    if video_time_origin == "creation_time":
-        try:
-            origin = video_creation_time_ms(path)
-        except av.error.FFmpegError as e:
-            raise ValueError(f"{path}: cannot read video ({e})") from None
-        if origin is None:
-            raise ValueError(
-                f"{path}: the video has no timezone-aware creation_time tag, so its frames have no times; pass "
-                "video_time_origin=<the time of its first frame: unix ms, or ISO with offset, e.g. "
-                "'2022-03-29 14:25:22+09:00'>"
-            )
-        return origin
-    if video_time_origin == "first_annotation":
-        raise ValueError(
-            "video_time_origin=first_annotation needs an OpenPack session's annotation (kind=openpack "
-            "source=video); for a plain video give creation_time or the time of its first frame"
-        )
-    return parse_time(video_time_origin, "video_time_origin")
 
 
 def check_openpack_ids(user: str, session: str) -> None:
@@ -150,4 +110,10 @@ def open_recording(
         return Recording(kind, JpegFolderSource(path), user, session, truth)
     if not path.is_file():
         raise ValueError(f"kind=video: {path} is a folder; expected a video file")
-    return Recording(kind, VideoFileSource(path, video_origin(path, video_time_origin)), user, session, truth)
+    return Recording(
+        kind,
+        VideoFileSource(path, video_origin_ms(path, video_time_origin, "video_time_origin")),
+        user,
+        session,
+        truth,
+    )

@@ -17,8 +17,9 @@ from typing import Annotated
 import litserve as ls
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlmchallenge.data.frame_source import FrameSource, VideoFileSource, video_creation_time_ms
+from vlmchallenge.data.frame_source import FrameSource, VideoFileSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
+from vlmchallenge.data.video_origin import video_origin_ms
 from vlmchallenge.inference.annotation_outputs import (
     metadata,
     second_probabilities,
@@ -155,14 +156,9 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
         file.write(data)
         file.flush()
         path = Path(file.name)
-        if origin_ms is None:
-            origin_ms = video_creation_time_ms(path)
-            if origin_ms is None:
-                raise BadInput(
-                    "video: no creation_time in its metadata; give 'origin_ms' (its start, unix ms)"
-                )
-        try:
-            source = VideoFileSource(path, origin_ms)
+        try:  # the rule of annotate and prepare: given, else the creation_time tag (data/video_origin.py)
+            origin = video_origin_ms(path, "creation_time" if origin_ms is None else origin_ms, "origin_ms")
+            source = VideoFileSource(path, origin)
         except (ValueError, FileNotFoundError) as e:
             raise BadInput(f"video: {str(e).replace(str(path), 'the uploaded file')}") from None
         if len(source.timestamps_ms) > self.limits.max_recording_frames:
