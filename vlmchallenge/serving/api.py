@@ -206,12 +206,13 @@ def client_error(e: BadInput) -> HTTPException:
 def client_error_response(e: BadInput, headers: dict | None = None) -> JSONResponse:
     """`client_error` as the answer itself (FastAPI sends a returned `Response` as it is), for one request of a
     batch; the body is the one error body (serving/errors.py)."""
-    log.warning("rejected a request (422): %s", e)
-    return JSONResponse({"detail": str(e)}, status_code=422, headers=headers)
+    error = client_error(e)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
 
 
 def chat_frame_urls(body: dict) -> list[str]:
-    """The image_url parts of the last user message of a raw chat request body."""
+    """The image_url parts of the last user message of a chat request: the raw body (checked before the request
+    is queued) or the typed request as a dict (read in the worker); one parse for both."""
     messages = body.get("messages")
     users = (
         [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -384,18 +385,9 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
 
     def predict(self, request, context=None):
         try:
-            users = [m for m in request.messages if m.role == "user"]
-            if not users or isinstance(users[-1].content, str) or not users[-1].content:
-                raise BadInput("the last user message must contain image_url parts (the frames of one clip)")
-            urls = []
-            for part in users[-1].content:
-                if getattr(part, "type", None) == "image_url":
-                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-                    urls.append(url)
-            if not urls:
-                raise BadInput(
-                    "the last user message has no image_url parts; send the clip's frames as images"
-                )
+            urls = chat_frame_urls(
+                request.model_dump()
+            )  # the parse `authorize` checked, on the typed request
             clip = self.engine.prepare(self._opened_clip(urls, None, "messages[-1]"))
             result = self.engine.predict_batch([clip])[0]
         except BadInput as e:
