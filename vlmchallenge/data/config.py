@@ -98,8 +98,13 @@ class DataConfig:
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
+    def local_out_dir(self, data_dir: str | Path) -> Path:
+        """Where `prepare` writes these settings' shards when no `shards.out_dir` is set: one folder per
+        fingerprint (`<data_dir>/shards/<name>-<10 hex>`), so other settings never share it."""
+        return Path(data_dir) / "shards" / f"{self.name}-{self.fingerprint()[:10]}"
+
     def resolved_out_dir(self, data_dir: str | Path) -> Path | str:
         """The shard location: a local folder (`Path`), or a URL (`str`, read-only: data/locations.py)."""
         if self.shards.out_dir:
             return locations.resolve(self.shards.out_dir)
-        return Path(data_dir) / "shards" / f"{self.name}-{self.fingerprint()[:10]}"
+        return self.local_out_dir(data_dir)

@@ -213,7 +213,7 @@ def verify_published(cfg: DataConfig, data_dir: str | Path, t0: float) -> Prepar
     the shards themselves are read when training streams them."""
     url = cfg.resolved_out_dir(data_dir)
     config_fp = cfg.fingerprint()
-    local = Path(data_dir) / "shards" / f"{cfg.name}-{config_fp[:10]}"
+    local = cfg.local_out_dir(data_dir)
     upload = UPLOAD_COMMANDS.get(locations.scheme_of(url), "copy {local} to {url}")
     upload = upload.format(local=local, url=url)
     todo = (
