@@ -191,13 +191,14 @@ def test_all_is_sessions_concatenated_and_submission_format(tmp_path):
 
 
 def test_null_handling_for_clip_metrics():
+    from vlmchallenge.evaluation.clip_prediction import ClipPrediction
     from vlmchallenge.evaluation.report import clip_metric_inputs
 
     names = ["Picking", "Relocate Item Label", "Null"]
     preds = [
-        {"target": 0, "pred": 0, "probs": [0.9, 0.05, 0.05]},
-        {"target": 2, "pred": 1, "probs": [0.1, 0.6, 0.3]},
-        {"target": 1, "pred": None, "probs": [0.3, 0.3, 0.4]},
+        ClipPrediction({}, target=0, pred=0, probs=(0.9, 0.05, 0.05)),
+        ClipPrediction({}, target=2, pred=1, probs=(0.1, 0.6, 0.3)),
+        ClipPrediction({}, target=1, pred=None, probs=(0.3, 0.3, 0.4)),
     ]
     probs, targets = clip_metric_inputs(preds, names, "score", "ignore")
     assert targets.tolist() == [0, 1]
