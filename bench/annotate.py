@@ -59,7 +59,9 @@ def naive_rate(inference: VLMInference, frames: JpegFolderSource, windows) -> tu
     start = time.perf_counter()
     out = []
     for w in windows:
-        clip = inference.prepare([Image.open(frames.paths[i]) for i in w.frames])  # decoded again per window
+        clip = inference.prepare_clip(
+            [Image.open(frames.paths[i]) for i in w.frames]
+        )  # decoded again per window
         batch = inference.collate([Example(clip, 0, {"start_ms": w.start_ms, "end_ms": w.end_ms})])
         out.append(inference.scorer.score_naive(inference.model, batch).softmax(1)[0].float().cpu().numpy())
     wall = time.perf_counter() - start

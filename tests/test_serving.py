@@ -146,13 +146,13 @@ def test_serving_gives_training_probabilities_for_the_same_frames(export_dir, cl
     names = engine.prompt.class_names
     decoded = [[decode_image(base64.b64decode(f), "frame") for f in c.frames_b64] for c in clips]
     w, h = engine.sampler.output_size(*decoded[0][0].size)
-    assert engine.prepare(decoded[0]).shape == (4, h, w, 3) == (4, 56, 84, 3)  # the training geometry
+    assert engine.prepare_clip(decoded[0]).shape == (4, h, w, 3) == (4, 56, 84, 3)  # the training geometry
     singles = [engine.predict(frames) for frames in decoded]
     for case, result in zip(clips, singles, strict=True):
         assert result["label"] == case.label
         assert np.allclose(probs_of(result, names), case.training_probs, atol=1e-5)
     # one batch of different clips gives each clip its single-request answer
-    batch = engine.predict_batch([engine.prepare(frames) for frames in decoded])
+    batch = engine.predict_batch([engine.prepare_clip(frames) for frames in decoded])
     for single, batched in zip(singles, batch, strict=True):
         assert np.allclose(probs_of(single, names), probs_of(batched, names), atol=1e-5)
 
@@ -167,7 +167,7 @@ def test_decode_threads_size_the_pool_and_change_no_value(export_dir, clips):
         assert engine.decode_pool._max_workers == n
         # fresh images for each engine: decoding drafts and loads an opened image in place
         opened = [[decode_image(base64.b64decode(f), "frame") for f in c.frames_b64] for c in clips]
-        prepared[n] = engine.prepare_many(opened)  # 24 distinct frames of 6 clips, submitted at once
+        prepared[n] = engine.prepare_clips(opened)  # 24 distinct frames of 6 clips, submitted at once
         answers[n] = engine.predict_batch(prepared[n])
     for one, four in zip(prepared[1], prepared[4], strict=True):
         assert one.dtype == four.dtype == np.uint8 and np.array_equal(one, four)

@@ -120,7 +120,7 @@ def test_training_and_serving_encode_the_sampled_fps(case):
     for batch in (train, evaluation):
         assert batch["second_per_grid_ts"].tolist() == pytest.approx([expected] * 3, abs=1e-9)
 
-    clips = [engine.prepare(raw_frames(case.data_cfg, ex.meta)) for ex in case.examples]
+    clips = [engine.prepare_clip(raw_frames(case.data_cfg, ex.meta)) for ex in case.examples]
     for clip, ex in zip(clips, case.examples, strict=True):
         assert np.array_equal(clip, ex.frames)  # the same frames as training
     untimed = engine.encode(clips)

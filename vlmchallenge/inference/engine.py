@@ -140,14 +140,14 @@ class VLMInference:
         self.decode_threads = decode_threads or default_decode_threads()
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="frame-decode")
 
-    def prepare(self, images: list[Image.Image]) -> np.ndarray:
+    def prepare_clip(self, images: list[Image.Image]) -> np.ndarray:
         """Client frames -> the training geometry: chosen evenly, band cropped, resized; (T, H, W, 3) uint8."""
-        clip = self.prepare_many([images])[0]
+        clip = self.prepare_clips([images])[0]
         if isinstance(clip, BadInput):
             raise clip
         return clip
 
-    def prepare_many(self, clips: list[list[Image.Image]]) -> list[np.ndarray | BadInput]:
+    def prepare_clips(self, clips: list[list[Image.Image]]) -> list[np.ndarray | BadInput]:
         """Several clips at once (`prepare` of each), every chosen frame decoded in the thread pool. Per clip its
         array, or the `BadInput` that stopped it: one bad clip in a batch must not fail the others."""
         out: list[np.ndarray | BadInput | None] = [None] * len(clips)
@@ -203,4 +203,4 @@ class VLMInference:
         return out
 
     def predict(self, images: list[Image.Image]) -> dict:
-        return self.predict_batch([self.prepare(images)])[0]
+        return self.predict_batch([self.prepare_clip(images)])[0]

@@ -281,7 +281,7 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
         """Every clip of `requests` decoded at once: per request its `clips`, or the `error` of its first bad
         clip."""
         flat = [clip for x in requests if "error" not in x for clip in x["opened"]]
-        prepared = iter(self.engine.prepare_many(flat))
+        prepared = iter(self.engine.prepare_clips(flat))
         out = []
         for x in requests:
             request = {"multi": x["multi"], "top_k": x["top_k"]}
@@ -388,7 +388,7 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
             urls = chat_frame_urls(
                 request.model_dump()
             )  # the parse `authorize` checked, on the typed request
-            clip = self.engine.prepare(self._opened_clip(urls, None, "messages[-1]"))
+            clip = self.engine.prepare_clip(self._opened_clip(urls, None, "messages[-1]"))
             result = self.engine.predict_batch([clip])[0]
         except BadInput as e:
             raise client_error(e) from None
