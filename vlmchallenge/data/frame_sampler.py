@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,20 +164,27 @@ class FrameSampler:
 
 
 class SessionFrameCache:
-    """Processed + encoded frames of one session, so a frame shared by overlapping clips is decoded once.
+    """A session's frames, each decoded once (draft-decoded, then `finish`ed) though overlapping clips share them.
+    The one cache of `prepare` (`finish`: cropped, resized, JPEG-encoded bytes for the shards) and of `annotate`
+    (`FrameSampler.as_stored`: the pixels those bytes decode to).
 
-    Clips arrive in time order, so frames before the current clip's first frame are evicted.
-    """
+    Clips arrive in time order, so the frames before the current clip's first frame are never asked for again and
+    are dropped: the cache holds at most the frames of the clips that overlap the current one (`peak` says how
+    many it held)."""
 
     def __init__(
-        self, sampler: FrameSampler, reader: FrameReader, source_size: tuple[int, int] | None = None
+        self,
+        sampler: FrameSampler,
+        reader: FrameReader,
+        finish: Callable[[Image.Image, tuple[int, int]], Any] | None = None,
     ):
         self.sampler, self.reader = sampler, reader
-        self.source_size = source_size
-        self._cache: dict[int, bytes] = {}
-        self.decoded = 0
+        self.finish = finish or (lambda image, size: sampler.encode(sampler.process(image, size)))
+        self.source_size: tuple[int, int] | None = None
+        self._cache: dict[int, Any] = {}
+        self.decoded = self.peak = 0
 
-    def get(self, indices: list[int]) -> list[bytes]:
+    def get(self, indices: list[int]) -> list:
         if indices:
             low = min(indices)
             for k in [k for k in self._cache if k < low]:
@@ -185,11 +194,12 @@ class SessionFrameCache:
             if i not in self._cache:
                 self._cache[i] = self._decode(i)
             out.append(self._cache[i])
+        self.peak = max(self.peak, len(self._cache))
         return out
 
-    def _decode(self, index: int) -> bytes:
+    def _decode(self, index: int):
         if self.source_size is None:
             self.source_size = self.reader.frame_size(index)
         image = self.reader.read(index, self.sampler.draft_size(*self.source_size))
         self.decoded += 1
-        return self.sampler.encode(self.sampler.process(image, self.source_size))
+        return self.finish(image, self.source_size)

@@ -12,8 +12,9 @@
 - Frames are chosen by the training sampler and prepared as training stored them (`FrameSampler.as_stored`
   after the same draft decode), so a window's probabilities equal `VLMInference.predict` on its frames.
   Each window is timed by its span for the video time encoding (docs/tiny-vlm.md §4).
-- Overlapping windows share frames: a bounded LRU cache decodes each frame once. It holds the frames of the
-  windows that can still reuse them: `frames per window x (ceil(window / stride) + 1)`.
+- Overlapping windows share frames: `prepare`'s own `SessionFrameCache` decodes each frame once. Windows come
+  in time order, so it drops the frames before the current window's first and holds only the frames of the
+  windows that overlap it.
 - Windows are scored in batches through `VLMInference.predict_batch` (the KV-cached `LabelScorer`).
 
 The engine takes any `FrameSource`, so a server can pass frames held in memory (`InMemoryFrames`).
@@ -21,7 +22,6 @@ The engine takes any `FrameSource`, so a server can pass frames held in memory (
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from vlmchallenge.data.clip_builder import ClipConfig, frames_in
+from vlmchallenge.data.frame_sampler import SessionFrameCache
 from vlmchallenge.data.frame_source import FrameReader, FrameSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
@@ -82,25 +83,6 @@ class _ImageListReader(FrameReader):
             raise BadInput(f"frame {index}: cannot be decoded ({e})") from None
 
 
-class FrameCache:
-    """Frame position -> pixels as training stored them; LRU-bounded, counting what it decoded."""
-
-    def __init__(self, inference: VLMInference, reader: FrameReader, max_frames: int):
-        self.sampler, self.reader = inference.sampler, reader
-        self.source_size: tuple[int, int] | None = None
-        self.get = functools.lru_cache(maxsize=max_frames)(self._decode)
-
-    @property
-    def decoded(self) -> int:
-        return self.get.cache_info().misses
-
-    def _decode(self, index: int) -> np.ndarray:
-        if self.source_size is None:
-            self.source_size = self.reader.frame_size(index)
-        image = self.reader.read(index, self.sampler.draft_size(*self.source_size))
-        return self.sampler.as_stored(image, self.source_size)
-
-
 @dataclass
 class AnnotateSettings:
     window_s: float | None = None  # None: the export's clips.window_s
@@ -147,6 +129,7 @@ class Annotation:
     timeline: Timeline
     frames_in_range: int
     frames_decoded: int
+    frames_cached_peak: int  # the most frames the cache held at once
     wall_s: float
     skipped_windows: dict[str, int] = field(default_factory=dict)
 
@@ -222,11 +205,6 @@ class RecordingAnnotator:
             windows.append(Window(w_start, w_end, centre, [lo + i for i in picks]))
         return windows, skipped
 
-    def cache_size(self) -> int:
-        s = self.settings
-        per_window = self.inference.sampler.frame_count(round(s.window_s * 1000))
-        return per_window * (math.ceil(s.window_s / s.stride_s) + 1)
-
     def annotate(
         self,
         source: FrameSource,
@@ -246,17 +224,18 @@ class RecordingAnnotator:
             )
         probs = np.empty((len(windows), len(self.class_names)), dtype=np.float64)
         with source.reader() as reader:
-            cache = FrameCache(self.inference, reader, self.cache_size())
+            sampler = self.inference.sampler
+            cache = SessionFrameCache(sampler, reader, finish=sampler.as_stored)
             b = self.settings.batch_size
             for first in range(0, len(windows), b):
                 batch = windows[first : first + b]
-                clips = [np.stack([cache.get(i) for i in w.frames]) for w in batch]
+                clips = [np.stack(cache.get(w.frames)) for w in batch]
                 timing = [{"start_ms": w.start_ms, "end_ms": w.end_ms} for w in batch]
                 for row, result in enumerate(self.inference.predict_batch(clips, timing)):
                     probs[first + row] = [result["probabilities"][n] for n in self.class_names]
                 if progress is not None:
                     progress(first + len(batch), len(windows), batch[-1].end_ms - range_ms[0], cache.decoded)
-            decoded = cache.decoded
+            decoded, cached_peak = cache.decoded, cache.peak
         in_range = frames_in(ts, *range_ms)
         centres = np.asarray([w.centre_ms for w in windows], dtype=np.int64)
         timeline = recording_timeline(centres, seconds_grid(*range_ms), ts[in_range[0] : in_range[1]])
@@ -272,6 +251,7 @@ class RecordingAnnotator:
             timeline=timeline,
             frames_in_range=in_range[1] - in_range[0],
             frames_decoded=decoded,
+            frames_cached_peak=cached_peak,
             wall_s=time.perf_counter() - t0,
             skipped_windows={k: v for k, v in skipped.items() if v},
         )
