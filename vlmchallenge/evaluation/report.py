@@ -88,8 +88,9 @@ def build_report(
     null_handling: str = "ignore",
     shard_dir: Path | str | None = None,
 ) -> dict:
-    """`predictions`: one per clip (in score mode with `probs`, in generate mode with `text`). `shard_dir`: the evaluated shards, whose copy of the 1-Hz ground
-    truth is scored against (None: the raw tree under `data.root`)."""
+    """`predictions`: one per clip (in score mode with `probs`, in generate mode with `text`). `shard_dir`: the
+    evaluated shards, whose copy of the 1-Hz ground truth is scored against (None: the raw tree under
+    `data.root`)."""
     if not predictions:
         raise ValueError("no predictions: the evaluated split is empty")
     out_dir = Path(out_dir)
@@ -105,7 +106,32 @@ def build_report(
     official = evaluate_sessions(sessions)
     write_submission(make_submission(sessions), out_dir, {"mode": mode, **(extra or {})})
 
-    with open(out_dir / "predictions.csv", "w", newline="") as f:
+    write_predictions_csv(predictions, class_names, mode, out_dir / "predictions.csv")
+    confusion_matrix_png(clip["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
+    per_class_f1_png(clip["f1_per_class"], class_names, out_dir / "per_class_f1.png", clip["f1_macro"])
+    timeline_png(sessions, out_dir / "timeline.png")
+
+    report = {
+        "mode": mode,
+        "null_handling": null_handling,
+        "clips": len(predictions),
+        "invalid_generations": invalid,
+        **report_metrics(clip, targets, class_names, official),
+        **(extra or {}),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def write_predictions_csv(
+    predictions: list[ClipPrediction], class_names: list[str], mode: str, path: Path
+) -> None:
+    """One row per clip: its key and span, the true and predicted class, and the probabilities (score mode) or
+    the generated answer (generate mode)."""
+    class_ids = [NAME_TO_CLASS[n].id for n in class_names]
+    answer_columns = ["p_" + n for n in class_names] if mode == "score" else ["generated"]
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -118,34 +144,26 @@ def build_report(
                 "target",
                 "pred_id",
                 "pred",
-                *(["p_" + n for n in class_names] if mode == "score" else ["generated"]),
+                *answer_columns,
             ]
         )
         for p in predictions:
             m, pred = p.meta, p.pred
+            answer = [f"{x:.6f}" for x in p.probs] if mode == "score" else [p.text or ""]
             w.writerow(
                 [
-                    m.get("key", ""),
-                    m["user"],
-                    m["session"],
-                    m["start_ms"],
-                    m["end_ms"],
-                    class_ids[p.target],
-                    class_names[p.target],
-                    "" if pred is None else class_ids[pred],
-                    "" if pred is None else class_names[pred],
-                    *([f"{x:.6f}" for x in p.probs] if mode == "score" else [p.text or ""]),
+                    *(m.get("key", ""), m["user"], m["session"], m["start_ms"], m["end_ms"]),
+                    *(class_ids[p.target], class_names[p.target]),
+                    *(("", "") if pred is None else (class_ids[pred], class_names[pred])),
+                    *answer,
                 ]
             )
-    confusion_matrix_png(clip["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
-    per_class_f1_png(clip["f1_per_class"], class_names, out_dir / "per_class_f1.png", clip["f1_macro"])
-    timeline_png(sessions, out_dir / "timeline.png")
 
-    report = {
-        "mode": mode,
-        "null_handling": null_handling,
-        "clips": len(predictions),
-        "invalid_generations": invalid,
+
+def report_metrics(clip: dict, targets: torch.Tensor, class_names: list[str], official: dict) -> dict:
+    """The clip metrics (overall, per class, confusion matrix) and OpenPack's official 1-s score, as report.json
+    holds them."""
+    return {
         "clip_metrics": {key: clip[key] for key in SCALAR_KEYS if key in clip},
         "per_class": {
             n: {
@@ -165,11 +183,7 @@ def build_report(
             "per_session": {s: official[s]["f1_macro"] for s in official if s != "all"},
             "per_class": official["all"]["per_class"],
         },
-        **(extra or {}),
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "report.md").write_text(render_markdown(report))
-    return report
 
 
 def render_markdown(r: dict) -> str:
