@@ -89,74 +89,12 @@ def write_session_shards(
     """
     split_dir.mkdir(parents=True, exist_ok=True)
     marker = split_dir / f"{prefix}.done.json"
-    redo_reason = None
-    if marker.exists():
-        record = json.loads(marker.read_text())
-        if record.get("fingerprint") == fingerprint:
-            redo_reason = damaged_shards(split_dir, record)
-            if redo_reason is None:
-                record["resumed"] = "complete"
-                record["written_now"] = 0
-                return record
-            # a listed shard is gone or of another size: keep the intact ones before it, rebuild from there
-            marker.unlink()
-            _drop_from_first_damaged(split_dir, prefix, record)
-        else:
-            marker.unlink()  # stale: inputs or settings changed; rebuild this session
-            for p in split_dir.glob(f"{prefix}-*.tar"):
-                p.unlink()
-    for p in split_dir.glob(f"{prefix}-*.tar.tmp"):
-        p.unlink()
-
-    def final_path(k: int) -> Path:
-        return split_dir / f"{prefix}-{k:06d}.tar"
-
-    finished: list[dict] = []
-    while final_path(len(finished)).exists():
-        path = final_path(len(finished))
-        finished.append(shard_entry(path, count_tar_samples(path)))
-    for p in split_dir.glob(f"{prefix}-*.tar"):  # anything past a hole is not trustworthy
-        if p.name not in {e["url"] for e in finished}:
-            p.unlink()
-    done = sum(e["nsamples"] for e in finished)
-    resumed_from = done
-
-    new_entries: list[dict] = []
-    counts: list[int] = []
-
-    def publish(tmp_name: str) -> None:
-        tmp = Path(tmp_name)
-        final = tmp.with_suffix("")  # drop .tmp
-        os.replace(tmp, final)
-        new_entries.append(shard_entry(final, writer.count))
-
-    writer = None
-    try:
-        for sample in make_samples(done):
-            if writer is None:  # created lazily: ShardWriter opens a shard at construction
-                pattern = (
-                    str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
-                )
-                writer = wds.ShardWriter(
-                    pattern,
-                    maxcount=cfg.maxcount,
-                    maxsize=cfg.maxsize,
-                    post=publish,
-                    start_shard=len(finished),
-                    verbose=0,
-                    mtime=TAR_MTIME,
-                )
-            writer.write(sample)
-            counts.append(1)
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None and writer.tarstream is not None:
-            writer.post = None  # never publish a half-written shard
-            writer.tarstream.close()
-            Path(writer.fname).unlink(missing_ok=True)
-        raise
-    entries = finished + new_entries
+    complete, redo_reason = _reusable_record(split_dir, prefix, fingerprint, marker)
+    if complete is not None:
+        return complete
+    finished = _finished_shards(split_dir, prefix)
+    resumed_from = sum(e["nsamples"] for e in finished)
+    entries = finished + _write_shards(split_dir, prefix, len(finished), make_samples(resumed_from), cfg)
     written = sum(e["nsamples"] for e in entries)
     if written != total_samples:
         raise RuntimeError(f"{split_dir}/{prefix}: wrote {written} samples, expected {total_samples}")
@@ -173,6 +111,88 @@ def write_session_shards(
     if redo_reason:
         record["redo_reason"] = redo_reason
     return record
+
+
+def _reusable_record(
+    split_dir: Path, prefix: str, fingerprint: str, marker: Path
+) -> tuple[dict | None, str | None]:
+    """(the done-marker's record, when the session is complete with these settings, else None; why a
+    complete-looking session must be redone, else None). Clears what cannot be resumed from: every shard when
+    the settings changed, the shards from the first damaged one on, and any half-written shard."""
+    redo_reason = None
+    if marker.exists():
+        record = json.loads(marker.read_text())
+        if record.get("fingerprint") == fingerprint:
+            redo_reason = damaged_shards(split_dir, record)
+            if redo_reason is None:
+                return {**record, "resumed": "complete", "written_now": 0}, None
+            # a listed shard is gone or of another size: keep the intact ones before it, rebuild from there
+            marker.unlink()
+            _drop_from_first_damaged(split_dir, prefix, record)
+        else:
+            marker.unlink()  # stale: inputs or settings changed; rebuild this session
+            for p in split_dir.glob(f"{prefix}-*.tar"):
+                p.unlink()
+    for p in split_dir.glob(f"{prefix}-*.tar.tmp"):
+        p.unlink()
+    return None, redo_reason
+
+
+def _shard_path(split_dir: Path, prefix: str, k: int) -> Path:
+    return split_dir / f"{prefix}-{k:06d}.tar"
+
+
+def _finished_shards(split_dir: Path, prefix: str) -> list[dict]:
+    """The entries of the session's shards 0, 1, ... that exist; anything past a hole is deleted."""
+    finished: list[dict] = []
+    while _shard_path(split_dir, prefix, len(finished)).exists():
+        path = _shard_path(split_dir, prefix, len(finished))
+        finished.append(shard_entry(path, count_tar_samples(path)))
+    for p in split_dir.glob(f"{prefix}-*.tar"):  # anything past a hole is not trustworthy
+        if p.name not in {e["url"] for e in finished}:
+            p.unlink()
+    return finished
+
+
+def _write_shards(
+    split_dir: Path, prefix: str, start_shard: int, samples: Iterator[dict], cfg: ShardConfig
+) -> list[dict]:
+    """`samples` into shards numbered from `start_shard`, each written as `.tar.tmp` and renamed once closed;
+    on any failure the open shard is deleted, never published. Returns the new shards' entries."""
+    new_entries: list[dict] = []
+
+    def publish(tmp_name: str) -> None:
+        tmp = Path(tmp_name)
+        final = tmp.with_suffix("")  # drop .tmp
+        os.replace(tmp, final)
+        new_entries.append(shard_entry(final, writer.count))
+
+    writer = None
+    try:
+        for sample in samples:
+            if writer is None:  # created lazily: ShardWriter opens a shard at construction
+                pattern = (
+                    str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
+                )
+                writer = wds.ShardWriter(
+                    pattern,
+                    maxcount=cfg.maxcount,
+                    maxsize=cfg.maxsize,
+                    post=publish,
+                    start_shard=start_shard,
+                    verbose=0,
+                    mtime=TAR_MTIME,
+                )
+            writer.write(sample)
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None and writer.tarstream is not None:
+            writer.post = None  # never publish a half-written shard
+            writer.tarstream.close()
+            Path(writer.fname).unlink(missing_ok=True)
+        raise
+    return new_entries
 
 
 def damaged_shards(split_dir: Path, record: dict) -> str | None:
