@@ -173,6 +173,6 @@ def test_limits_and_empty_ranges_are_422(client, stretch, tmp_path):
     )
     untagged = write_video(paths[:8], times[:8], tmp_path / "untagged.mp4", None)
     r = client.post("/annotate", json={"video": b64(untagged)})
-    assert r.status_code == 422 and "give 'origin_ms'" in r.text
+    assert r.status_code == 422 and "set origin_ms=<the time of its first frame: unix ms>" in r.text
     # the server is still healthy after all of it
     assert client.get("/health").status_code == 200

@@ -31,9 +31,12 @@ def parse_time(value, what: str) -> int | None:
         raise ValueError(f"{what}: expected {TIME_EXAMPLE}, got {value!r} ({e})") from None
 
 
-def video_origin_ms(path: Path, origin, setting: str, first_annotation_ms: int | None = None) -> int:
+def video_origin_ms(
+    path: Path, origin, setting: str, first_annotation_ms: int | None = None, time_format: str = TIME_EXAMPLE
+) -> int:
     """`origin` (the value of the setting named `setting`) -> the unix ms of the video's first frame.
-    `first_annotation_ms`: the first annotated segment's start, where the video belongs to an annotated session."""
+    `first_annotation_ms`: the first annotated segment's start, where the video belongs to an annotated session.
+    `time_format`: how the setting takes a time, for the message when the video has no creation_time."""
     if origin == "first_annotation":
         if first_annotation_ms is None:
             raise ValueError(
@@ -53,7 +56,7 @@ def video_origin_ms(path: Path, origin, setting: str, first_annotation_ms: int |
         instead = (
             "first_annotation if the video starts at the first annotated segment, or the time of its first frame"
             if first_annotation_ms is not None
-            else f"<the time of its first frame: {TIME_EXAMPLE}>"
+            else f"<the time of its first frame: {time_format}>"
         )
         raise ValueError(
             f"{path}: the video has no timezone-aware creation_time tag, so its frames have no times; set "

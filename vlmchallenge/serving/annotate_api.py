@@ -157,7 +157,8 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
         file.flush()
         path = Path(file.name)
         try:  # the rule of annotate and prepare: given, else the creation_time tag (data/video_origin.py)
-            origin = video_origin_ms(path, "creation_time" if origin_ms is None else origin_ms, "origin_ms")
+            given = "creation_time" if origin_ms is None else origin_ms
+            origin = video_origin_ms(path, given, "origin_ms", time_format="unix ms")
             source = VideoFileSource(path, origin)
         except (ValueError, FileNotFoundError) as e:
             raise BadInput(f"video: {str(e).replace(str(path), 'the uploaded file')}") from None
