@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -447,6 +448,11 @@ def test_the_command_serves_the_page_on_loopback_and_needs_a_key_beyond_it(annot
     done = run_module("vlmchallenge.review", f"annotation={annotated}", "host=0.0.0.0", "api_key=null",
                       f"hydra.run.dir={tmp_path / 'run2'}")  # fmt: skip
     assert done.returncode != 0 and "host=0.0.0.0: the review page saves files" in done.output
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # a port someone else holds: a clear error
+        port = busy.getsockname()[1]
+        done = run_module("vlmchallenge.review", f"annotation={annotated}", f"port={port}",
+                          f"hydra.run.dir={tmp_path / 'run3'}")  # fmt: skip
+    assert done.returncode != 0 and f"port={port}: cannot listen there" in done.output
 
     review = ReviewFolder(annotated)
     footage = review.open_footage()

@@ -26,7 +26,13 @@ def serve_review(folder: ReviewFolder, footage: Footage, host: str, port: int, a
             f"host={host}: the review page saves files, so beyond localhost it needs api_key=<key> (or "
             "VLMCHALLENGE_API_KEY); or keep host=127.0.0.1"
         )
-    sock = socket.create_server((host, port))  # bound before the URL is printed: port=0 picks a free one
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:  # bound before the URL is printed: port=0 picks a free one
+        sock = socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise ValueError(
+            f"host={host} port={port}: cannot listen there ({e}); pass port=0 for any free port"
+        ) from None
     bound = sock.getsockname()[1]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"review {folder.path}: http://{shown}:{bound}/{'?key=<api_key>' if api_key else ''}", flush=True)
