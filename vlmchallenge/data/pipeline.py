@@ -23,6 +23,7 @@ from vlmchallenge.data.config import DEFAULT_DATA_DIR, MANIFEST_VERSION, DataCon
 from vlmchallenge.data.frame_sampler import FrameSampler, SessionFrameCache
 from vlmchallenge.data.frame_source import NoUsableFrames
 from vlmchallenge.data.jst_time import unix_ms_to_jst
+from vlmchallenge.data.manifest import MANIFEST_NAME
 from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions, open_source
 from vlmchallenge.data.shard_writer import (
     atomic_write_bytes,
@@ -35,7 +36,6 @@ from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.synthetic import generate as generate_synthetic
 from vlmchallenge.utils.atomic import build_lock
 
-MANIFEST_NAME = "manifest.json"
 GROUND_TRUTH_SUFFIX = ".operations-1hz.csv"  # <split>/<USER>-<SESSION>.operations-1hz.csv
 
 

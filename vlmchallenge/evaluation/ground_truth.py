@@ -15,28 +15,17 @@ from pathlib import Path
 
 from vlmchallenge.data import locations
 from vlmchallenge.data.annotation_parser import SecondLabels, parse_operations_1hz_csv
+from vlmchallenge.data.manifest import ShardManifest
 from vlmchallenge.data.openpack_layout import discover_sessions
-from vlmchallenge.data.pipeline import MANIFEST_NAME
-
-
-def ground_truth_entries(manifest: dict, manifest_location: Path | str) -> dict[str, dict | None]:
-    """Session key -> {file (relative to the manifest's folder), sha256}, or None for a session prepared
-    without a 1-Hz file, over every split (a session belongs to one split)."""
-    entries: dict[str, dict | None] = {}
-    for split, stats in manifest.get("splits", {}).items():
-        if "ground_truth_1hz" not in stats:
-            raise ValueError(
-                f"{manifest_location}: split {split!r} lists no `ground_truth_1hz` (manifest_version "
-                f"{manifest.get('manifest_version')}); prepare the shards again with this version"
-            )
-        entries.update(stats["ground_truth_1hz"])
-    return entries
 
 
 def read_shard_ground_truth(shard_dir: Path | str) -> dict[str, dict | None]:
-    """The ground-truth entries of the manifest at `shard_dir` (a folder or URL)."""
-    manifest_location = locations.join(shard_dir, MANIFEST_NAME)
-    return ground_truth_entries(locations.read_json(manifest_location, "manifest"), manifest_location)
+    """Session key -> {file (relative to the manifest's folder), sha256}, or None for a session prepared without a
+    1-Hz file, over every split of the manifest at `shard_dir` (a folder or URL; a session is in one split)."""
+    entries: dict[str, dict | None] = {}
+    for stats in ShardManifest.read(shard_dir).splits.values():
+        entries.update(stats.ground_truth_1hz)
+    return entries
 
 
 def load_ground_truth_1hz(

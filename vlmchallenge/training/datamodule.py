@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from vlmchallenge.data import locations
 from vlmchallenge.data.classes import NAME_TO_CLASS
 from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
-from vlmchallenge.data.pipeline import MANIFEST_NAME, prepare
+from vlmchallenge.data.manifest import MANIFEST_NAME, ShardManifest
+from vlmchallenge.data.pipeline import prepare
 from vlmchallenge.data.shard_writer import INDEX_NAME
 from vlmchallenge.models.collator import Example
 from vlmchallenge.training.config import DataLoaderConfig
@@ -178,16 +179,16 @@ def read_split_shards(out_dir: Path | str, split: str) -> dict[str, int]:
     return {str(locations.join(out_dir, split, s["url"])): s["nsamples"] for s in shards}
 
 
-def empty_split_error(split: str, out_dir, data: DataConfig, manifest: dict) -> EmptySplitError:
+def empty_split_error(split: str, out_dir, data: DataConfig, manifest: ShardManifest) -> EmptySplitError:
     """Why `split` has no samples, from the manifest, and what to change."""
-    users, stats = getattr(data.splits, split), manifest.get("splits", {}).get(split, {})
+    users, stats = getattr(data.splits, split), manifest.splits.get(split)
     if not users:
         why = f"data.splits.{split} is empty"
-    elif not stats.get("sessions"):
+    elif stats is None or not stats.sessions:
         why = f"no session under data.root={data.root} belongs to data.splits.{split}={list(users)}"
     else:
-        why = f"its sessions {stats['sessions']} gave no clips (skipped: {stats.get('skipped')})"
-    unassigned = manifest.get("unassigned_sessions")
+        why = f"its sessions {stats.sessions} gave no clips (skipped: {stats.skipped})"
+    unassigned = manifest.unassigned_sessions
     others = f"; sessions in no split: {', '.join(unassigned)}" if unassigned else ""
     return EmptySplitError(
         f"{locations.join(out_dir, split)}: the {split} split has no samples: {why}{others}. Put users that "
@@ -231,7 +232,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.train_collate, self.eval_collate = train_collate, eval_collate
         self.rank, self.world_size = 0, 1
         self.out_dir = data.resolved_out_dir(data_dir)
-        self.manifest: dict | None = None
+        self.manifest: ShardManifest | None = None
         self.resumed_epoch = 0
         # Multi-node runs share one filesystem (they share the run folder too): one process prepares while the
         # others wait, instead of one per node writing the same shard files at once (docs/scaling.md §1.3)
@@ -245,12 +246,12 @@ class ShardDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
-        manifest = locations.join(self.out_dir, MANIFEST_NAME)
         try:
-            self.manifest = locations.read_json(manifest, "manifest")
+            self.manifest = ShardManifest.read(self.out_dir)
         except FileNotFoundError as e:
             raise FileNotFoundError(
-                f"{manifest}: shards not prepared; run `python -m vlmchallenge.prepare`"
+                f"{locations.join(self.out_dir, MANIFEST_NAME)}: shards not prepared; run `python -m "
+                "vlmchallenge.prepare`"
             ) from e
         locations.check_shard_reader(self.out_dir)
         if stage == "fit" and self.num_samples("train") == 0:
@@ -315,7 +316,7 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.out_dir}/train: the train split is empty; check data.splits")
         repeats = None
         if self.class_balance > 0:
-            counts = self.manifest["splits"]["train"]["class_counts"]
+            counts = self.manifest.splits["train"].class_counts
             repeats = class_repeat_factors(counts, self.class_balance)
         stream = TrainStream(
             shards,
