@@ -307,6 +307,8 @@ function onPointer(e) {
 }
 
 document.addEventListener("keydown", onKey);
+// a clicked button gives the focus back, so Space plays instead of pressing that button again
+document.addEventListener("click", (e) => e.target.closest?.("button")?.blur());
 $("content").addEventListener("pointerdown", (e) => {
   $("content").setPointerCapture(e.pointerId);
   onPointer(e);
