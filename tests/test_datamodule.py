@@ -33,14 +33,21 @@ def make_dm(cfg, **kw):
     return dm
 
 
+def eval_keys(dm: ShardDataModule, split: str) -> list[str]:
+    """The sample keys of one evaluation pass. The loader lives only in this frame, so its persistent workers
+    end when it returns: the test's own frame ends up in a reference cycle (through the WebDataset read below),
+    and workers freed by garbage collection cost 5 s each (torch's MP_STATUS_CHECK_INTERVAL)."""
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    return [k for batch in loader for k in batch]
+
+
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_two_ranks_two_workers_see_every_eval_sample_exactly_once(prepared, split):
     per_rank: list[list[str]] = []
     for rank in range(2):
         dm = make_dm(prepared, num_workers=2, eval_batch_size=3)
         dm.rank, dm.world_size = rank, 2
-        loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
-        per_rank.append([k for batch in loader for k in batch])
+        per_rank.append(eval_keys(dm, split))
     # what is really on disk, read without the datamodule (nor its index)
     tars = sorted(str(p) for p in (Path(prepared.shards.out_dir) / split).glob("*.tar"))
     on_disk = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 
 import pytest
@@ -138,7 +139,11 @@ RESUME = [
 def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path, shared_data_dir):
     """Stop after epoch 1 of 2, resume from its last.ckpt with the same config: the trainable weights, the
     optimizer and the scheduler end exactly where an uninterrupted 2-epoch run ends."""
+    children = set(multiprocessing.active_children())
     _, _, whole = run(tmp_path, shared_data_dir, "whole", *RESUME)
+    # the persistent validation workers end with the run (a WebLoader hid them from Lightning's shutdown, and
+    # they lived on until garbage collection, which then waited 5 s for each)
+    assert set(multiprocessing.active_children()) <= children, "DataLoader workers outlived the run"
     # EarlyStopping with a threshold every score passes stops the run after its first validation
     stop = [
         "+callbacks.stop._target_=pytorch_lightning.callbacks.EarlyStopping",

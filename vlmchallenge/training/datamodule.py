@@ -346,8 +346,11 @@ class ShardDataModule(pl.LightningDataModule):
             wds.map(to_example, handler=fail),
             wds.batched(self.eval_batch_size, collation_fn=self.eval_collate, partial=True),
         )
-        # its own generator: building the loader never draws from the global RNG (exact resume)
-        return wds.WebLoader(
+        # its own generator: building the loader never draws from the global RNG (exact resume). A plain
+        # DataLoader, not wds.WebLoader: Lightning shuts down a DataLoader's persistent workers when the stage
+        # ends, but cannot reach the DataLoader inside a WebLoader, whose workers then live on until garbage
+        # collection, where torch's shutdown waits 5 s (MP_STATUS_CHECK_INTERVAL) for each one
+        return DataLoader(
             pipeline,
             batch_size=None,
             num_workers=self.num_workers,
