@@ -125,3 +125,29 @@ def test_the_data_commands_start_without_lightning_or_transformers():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+LIGHTNING = ("pytorch_lightning", "lightning_fabric", "lightning")
+
+
+def private_lightning_imports(path: Path) -> list[str]:
+    """`from <Lightning module> import _name` and imports of a `_module`: names Lightning may change in any
+    release without notice."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIGHTNING:
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            if private or any(part.startswith("_") for part in node.module.split(".")):
+                found.append(f"{path.name}:{node.lineno} {node.module} {private}")
+    return found
+
+
+def test_no_private_lightning_api_is_imported(tmp_path):
+    used = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in private_lightning_imports(path)]
+    assert not used, f"private Lightning APIs (replace them with the public pieces they use): {used}"
+    # the check itself finds the import this package used to make
+    probe = tmp_path / "probe.py"
+    probe.write_text("from lightning_fabric.utilities.seed import _collect_rng_states\n")
+    assert private_lightning_imports(probe) == [
+        "probe.py:1 lightning_fabric.utilities.seed ['_collect_rng_states']"
+    ]

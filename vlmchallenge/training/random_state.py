@@ -10,26 +10,40 @@ a function of (seed, rank, worker, epoch) (`vlmchallenge.training.datamodule.Tra
 from __future__ import annotations
 
 import logging
+import random
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
-from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
 log = logging.getLogger(__name__)
 
 KEY = "rng_states_per_rank"
 
 
-def _portable(states: dict) -> dict:
-    """numpy's state holds an ndarray, which `torch.load(weights_only=True)` refuses: store it as plain ints."""
-    name, keys, pos, has_gauss, gauss = states["numpy"]
-    return {**states, "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+def collect_random_states() -> dict:
+    """The global states a training step draws from: torch (CPU and each CUDA device), numpy and Python. Written
+    here, not taken from Lightning's private `_collect_rng_states`, which may change in any release; the keys are
+    the ones Lightning uses, so checkpoints written before this change still restore. numpy's state holds an
+    ndarray, which `torch.load(weights_only=True)` refuses, so it is stored as plain ints."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
 
 
-def _restorable(states: dict) -> dict:
+def restore_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("torch.cuda"):
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
     name, keys, pos, has_gauss, gauss = states["numpy"]
-    return {**states, "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)}
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))  # a checkpoint may hold the tuple as a list
 
 
 class RandomStateCheckpoint(pl.Callback):
@@ -38,7 +52,7 @@ class RandomStateCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         # called on every rank (only rank 0 writes the file), so each rank's state is gathered into it
-        states = _portable(_collect_rng_states(include_cuda=True))
+        states = collect_random_states()
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             gathered: list = [None] * trainer.world_size
             dist.all_gather_object(gathered, states)
@@ -57,9 +71,9 @@ class RandomStateCheckpoint(pl.Callback):
                 trainer.world_size,
             )
         else:
-            self._pending = _restorable(saved[trainer.global_rank])
+            self._pending = saved[trainer.global_rank]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
         if self._pending is not None:
-            _set_rng_states(self._pending)
+            restore_random_states(self._pending)
             self._pending = None

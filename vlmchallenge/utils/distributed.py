@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+
 import torch
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import (
@@ -55,6 +58,23 @@ def process_group_backend(trainer_cfg: DictConfig) -> str:
     return "nccl" if on_cuda else "gloo"
 
 
+def connect(env: ClusterEnvironment, backend: str) -> None:
+    """Join the process group at the address, port and ranks Lightning's own connection would use (read from
+    its public `ClusterEnvironment`), as Lightning's private `_init_dist_connection` does; Lightning then finds
+    the group initialised and keeps it."""
+    if backend == "nccl":
+        torch.cuda.set_device(env.local_rank())
+        atexit.register(_destroy_group)  # torch warns at exit about an NCCL group never destroyed
+    os.environ["MASTER_ADDR"] = env.main_address
+    os.environ["MASTER_PORT"] = str(env.main_port)
+    dist.init_process_group(backend, rank=env.global_rank(), world_size=env.world_size())
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def share_run_dir(cfg: DictConfig) -> int:
     """Under torchrun or SLURM, set `cfg.paths.output_dir` (and so every path derived from it: checkpoints,
     logs, report, export) on all ranks to rank 0's; returns the world size (1: nothing to share)."""
@@ -62,12 +82,7 @@ def share_run_dir(cfg: DictConfig) -> int:
     if env is None:
         return 1
     if not dist.is_initialized():
-        from lightning_fabric.utilities.distributed import _init_dist_connection
-
-        backend = process_group_backend(cfg.trainer)
-        if backend == "nccl":
-            torch.cuda.set_device(env.local_rank())
-        _init_dist_connection(env, backend)  # Lightning's own: the same address, port and ranks it would use
+        connect(env, process_group_backend(cfg.trainer))
     shared = [str(cfg.paths.output_dir)]
     dist.broadcast_object_list(shared, src=0)
     with open_dict(cfg):
