@@ -25,9 +25,9 @@ from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.openpack_metric import resample_predictions_1hz
 from vlmchallenge.evaluation.seconds import MISSING, score_seconds
-from vlmchallenge.inference.annotation_outputs import OUTPUT_FILES, write_outputs
 from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
 from vlmchallenge.inference.engine import VLMInference
+from vlmchallenge.inference.prediction_outputs import OUTPUT_FILES, write_outputs
 from vlmchallenge.inference.recordings import open_recording
 from vlmchallenge.inference.segments import Run, Smoothing, merge_short_runs, runs_of, segments
 

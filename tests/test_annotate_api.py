@@ -18,9 +18,9 @@ from PIL import Image
 from tests.helpers.runs import CONF_DIR
 from tests.test_serving import wait_healthy
 from vlmchallenge.data.frame_source import JpegFolderSource
-from vlmchallenge.inference.annotation_outputs import timeline_json
 from vlmchallenge.inference.annotator import RecordingAnnotator
 from vlmchallenge.inference.engine import VLMInference
+from vlmchallenge.inference.prediction_outputs import timeline_json
 from vlmchallenge.serving.server import build_server
 
 SPAN_MS = 12_000  # a 12-s stretch: a dozen windows, a few seconds of scoring on the tiny model

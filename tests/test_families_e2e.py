@@ -97,10 +97,10 @@ def test_the_export_annotates_a_recording_second_by_second(family_run):
     user, session = cfg.data.splits.test[0], "S0100"
     source = JpegFolderSource(Path(cfg.data.root) / user / "kinect" / "color-masked" / "frames" / session)
     start = int(source.timestamps_ms[0])
-    annotation = RecordingAnnotator(engine).annotate(source, start, start + 8_000)
-    first, last = annotation.range_ms  # the requested range cut to the frames in it
+    predicted = RecordingAnnotator(engine).annotate(source, start, start + 8_000)
+    first, last = predicted.range_ms  # the requested range cut to the frames in it
     assert first == start and start + 7_000 < last <= start + 8_000
     # a window every `stride_s` of the export's clips (2 s in these runs) over the 8 s
     stride_ms = 1000 * cfg.data.clips.stride_s
-    assert len(annotation.windows) == len(annotation.probabilities) >= int(7_000 // stride_ms)
-    assert np.allclose(annotation.probabilities.sum(1), 1.0, atol=1e-5)
+    assert len(predicted.windows) == len(predicted.probabilities) >= int(7_000 // stride_ms)
+    assert np.allclose(predicted.probabilities.sum(1), 1.0, atol=1e-5)

@@ -147,8 +147,8 @@ def test_annotate_times_windows_cut_at_the_range_by_their_span(case):
     engine = case.engine
     source = session_frames(case.data_cfg, case.examples[0].meta)
     start = int(source.timestamps_ms[0])
-    annotation = RecordingAnnotator(engine).annotate(source, start, start + 5_000)
-    first = annotation.windows[0]
+    predicted = RecordingAnnotator(engine).annotate(source, start, start + 5_000)
+    first = predicted.windows[0]
     assert first.end_ms - first.start_ms < WINDOW_S * 1000  # cut at the range start
     clip = np.stack([engine.sampler.as_trained(Image.open(source.paths[i])) for i in first.frames])
     span = [{"start_ms": first.start_ms, "end_ms": first.end_ms}]
@@ -156,10 +156,10 @@ def test_annotate_times_windows_cut_at_the_range_by_their_span(case):
     assert timed.tolist() == pytest.approx([2 / (len(first.frames) * 1000 / (first.end_ms - first.start_ms))])
 
     def probs(results):
-        return np.asarray([results[0]["probabilities"][n] for n in annotation.class_names])
+        return np.asarray([results[0]["probabilities"][n] for n in predicted.class_names])
 
-    assert np.allclose(annotation.probabilities[0], probs(engine.predict_batch([clip], span)), atol=1e-6)
-    assert not np.allclose(annotation.probabilities[0], probs(engine.predict_batch([clip])), atol=1e-6)
+    assert np.allclose(predicted.probabilities[0], probs(engine.predict_batch([clip], span)), atol=1e-6)
+    assert not np.allclose(predicted.probabilities[0], probs(engine.predict_batch([clip])), atol=1e-6)
 
 
 def test_the_scorer_passes_the_time_step_to_qwen25(tiny_path):

@@ -246,9 +246,9 @@ def annotate(cfg: DictConfig) -> dict:
     from rich.console import Console
 
     from vlmchallenge.data.video_origin import parse_time
-    from vlmchallenge.inference.annotation_outputs import write_outputs
     from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
     from vlmchallenge.inference.engine import VLMInference
+    from vlmchallenge.inference.prediction_outputs import write_outputs
     from vlmchallenge.inference.recordings import open_recording, reopen_args
     from vlmchallenge.inference.segments import Smoothing
 
@@ -271,11 +271,11 @@ def annotate(cfg: DictConfig) -> dict:
     console = Console()
     progress, update = annotate_progress(console) if cfg.progress else (nullcontext(), None)
     with progress:
-        annotation = annotator.annotate(recording.source, start, end, update)
+        predicted = annotator.annotate(recording.source, start, end, update)
     out = Path(cfg.out_dir or cfg.paths.output_dir)
     model = {"export_dir": str(cfg.export_dir), "base_model": inference.meta.base_model}
     meta = write_outputs(
-        annotation,
+        predicted,
         out,
         recording.user,
         recording.session,
@@ -291,8 +291,8 @@ def annotate(cfg: DictConfig) -> dict:
     )
     print_locations({"outputs": out, "operations": out / "operations.csv", "timeline": out / "timeline.png"})
     console.print(
-        f"{annotation.duration_s:.0f} s annotated in {annotation.wall_s:.1f} s "
-        f"({annotation.realtime_factor:.1f}x real time); {meta['segments']} segments; "
+        f"{predicted.duration_s:.0f} s annotated in {predicted.wall_s:.1f} s "
+        f"({predicted.realtime_factor:.1f}x real time); {meta['segments']} segments; "
         f"seconds: {meta['seconds']}"
     )
     if meta["openpack_official"]:

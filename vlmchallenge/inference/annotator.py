@@ -115,8 +115,10 @@ class Window:
 
 
 @dataclass
-class Annotation:
-    """What `RecordingAnnotator.annotate` found: scored windows and the per-second timeline."""
+class PredictedRecording:
+    """What `RecordingAnnotator.annotate` found: scored windows and the per-second timeline. The model's labels,
+    never ground truth ("annotation" in OpenPack, and in `data/`, is the human labelling; glossary in
+    docs/architecture.md)."""
 
     source: str
     requested_ms: tuple[int | None, int | None]
@@ -211,7 +213,7 @@ class RecordingAnnotator:
         start_ms: int | None = None,
         end_ms: int | None = None,
         progress: ProgressFn | None = None,
-    ) -> Annotation:
+    ) -> PredictedRecording:
         t0 = time.perf_counter()
         ts = source.timestamps_ms
         range_ms = annotated_range(ts, start_ms, end_ms, source.description)
@@ -239,7 +241,7 @@ class RecordingAnnotator:
         in_range = frames_in(ts, *range_ms)
         centres = np.asarray([w.centre_ms for w in windows], dtype=np.int64)
         timeline = recording_timeline(centres, seconds_grid(*range_ms), ts[in_range[0] : in_range[1]])
-        return Annotation(
+        return PredictedRecording(
             source=source.description,
             requested_ms=(start_ms, end_ms),
             range_ms=range_ms,

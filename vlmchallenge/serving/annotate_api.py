@@ -3,7 +3,7 @@ timeline and the operation segments, as JSON.
 
 The same engine as `python -m vlmchallenge.annotate` (`inference/annotator.py`: windows from the export's clip
 settings, a bounded frame cache, windows scored in batches by the KV-cached label scorer), the same JSON rows as
-its files (`inference/annotation_outputs.py`). One request is one recording, so requests are not batched with each
+its files (`inference/prediction_outputs.py`). One request is one recording, so requests are not batched with each
 other: the batching happens over the recording's windows. Limits (duration, frames, pixels, payload) are
 checked before any frame is decoded; bad input is a 422 naming the field.
 """
@@ -20,14 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from vlmchallenge.data.frame_source import FrameSource, VideoFileSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.data.video_origin import video_origin_ms
-from vlmchallenge.inference.annotation_outputs import (
+from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
+from vlmchallenge.inference.engine import BadInput, decode_image
+from vlmchallenge.inference.prediction_outputs import (
     metadata,
     second_probabilities,
     segments_json,
     timeline_json,
 )
-from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
-from vlmchallenge.inference.engine import BadInput, decode_image
 from vlmchallenge.inference.segments import Smoothing, segments
 from vlmchallenge.serving.api import (
     IMAGE,
@@ -186,23 +186,23 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
     def predict(self, x: dict) -> dict:
         annotator = RecordingAnnotator(self.engine, x["settings"])
         try:
-            annotation = annotator.annotate(x["source"], x["start_ms"], x["end_ms"])
+            predicted = annotator.annotate(x["source"], x["start_ms"], x["end_ms"])
         except (BadInput, ValueError) as e:  # no frames in the requested range, undecodable frame, ...
             raise client_error(BadInput(str(e))) from None
         finally:
             if x["upload"] is not None:
                 x["upload"].close()
-        ids = annotation.timeline.ids(annotation.window_ids)
-        runs = segments(ids, second_probabilities(annotation), annotation.class_ids, x["smoothing"])
-        meta = metadata(annotation, x["smoothing"], runs, None)
+        ids = predicted.timeline.ids(predicted.window_ids)
+        runs = segments(ids, second_probabilities(predicted), predicted.class_ids, x["smoothing"])
+        meta = metadata(predicted, x["smoothing"], runs, None)
         return {
             "range": meta["range"],
             "windows": meta["windows"],
             "frames_decoded": meta["frames_decoded"],
             "realtime_factor": meta["realtime_factor"],
             "smoothing": meta["smoothing"],
-            "segments": segments_json(runs, annotation),
-            "timeline": timeline_json(annotation),
+            "segments": segments_json(runs, predicted),
+            "timeline": timeline_json(predicted),
         }
 
     def encode_response(self, output: dict) -> AnnotateResponse:

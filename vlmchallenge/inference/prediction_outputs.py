@@ -34,7 +34,7 @@ from vlmchallenge.evaluation.openpack_metric import (
 )
 from vlmchallenge.evaluation.plots import recording_timeline_png
 from vlmchallenge.evaluation.seconds import MISSING, NO_FRAMES, NO_WINDOW, PREDICTED, score_seconds
-from vlmchallenge.inference.annotator import Annotation
+from vlmchallenge.inference.annotator import PredictedRecording
 from vlmchallenge.inference.segments import Run, Smoothing, segments
 
 OUTPUT_FILES = (
@@ -47,35 +47,35 @@ OUTPUT_FILES = (
 )
 
 
-def second_probabilities(annotation: Annotation) -> np.ndarray:
+def second_probabilities(predicted: PredictedRecording) -> np.ndarray:
     """(seconds, classes): the probabilities of the window each second holds; NaN rows where none."""
-    src = annotation.timeline.source
-    out = np.full((len(src), len(annotation.class_names)), np.nan)
-    out[src != MISSING] = annotation.probabilities[src[src != MISSING]]
+    src = predicted.timeline.source
+    out = np.full((len(src), len(predicted.class_names)), np.nan)
+    out[src != MISSING] = predicted.probabilities[src[src != MISSING]]
     return out
 
 
-def submission_seconds(annotation: Annotation, key: str, truth: SecondLabels | None) -> SessionSeconds:
+def submission_seconds(predicted: PredictedRecording, key: str, truth: SecondLabels | None) -> SessionSeconds:
     """The official per-second predictions of the recording: the window centres slotted and forward-filled
     on the ground truth's grid, or, without ground truth, on the recording's own seconds (truth all Null)."""
     if truth is not None:
         grid, truth_ids = np.asarray(truth.unixtime_ms), np.asarray(truth.op_ids)
     else:
-        grid = annotation.timeline.unixtime_ms
+        grid = predicted.timeline.unixtime_ms
         truth_ids = np.full(len(grid), NULL_ID)
-    return score_seconds(key, annotation.centres_ms, annotation.window_ids, grid, truth_ids)
+    return score_seconds(key, predicted.centres_ms, predicted.window_ids, grid, truth_ids)
 
 
-def truth_on_timeline(annotation: Annotation, truth: SecondLabels) -> np.ndarray:
+def truth_on_timeline(predicted: PredictedRecording, truth: SecondLabels) -> np.ndarray:
     """The 1-Hz ground truth on the timeline's seconds, MISSING where the file has no row."""
     by_time = dict(zip(truth.unixtime_ms, truth.op_ids, strict=True))
-    return np.asarray([by_time.get(int(t), MISSING) for t in annotation.timeline.unixtime_ms], dtype=np.int64)
+    return np.asarray([by_time.get(int(t), MISSING) for t in predicted.timeline.unixtime_ms], dtype=np.int64)
 
 
-def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) -> None:
-    ids = annotation.timeline.ids(annotation.window_ids)
-    probs = second_probabilities(annotation)
-    names = annotation.class_names
+def write_timeline_csv(predicted: PredictedRecording, path: Path, probabilities: bool) -> None:
+    ids = predicted.timeline.ids(predicted.window_ids)
+    probs = second_probabilities(predicted)
+    names = predicted.class_names
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(
@@ -89,7 +89,7 @@ def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) 
             ]
         )
         for t, status, op, p in zip(
-            annotation.timeline.unixtime_ms, annotation.timeline.status, ids, probs, strict=True
+            predicted.timeline.unixtime_ms, predicted.timeline.status, ids, probs, strict=True
         ):
             if op == MISSING:
                 w.writerow([int(t), status, "", "", "", *([""] * len(names) if probabilities else [])])
@@ -100,13 +100,13 @@ def write_timeline_csv(annotation: Annotation, path: Path, probabilities: bool) 
                 )
 
 
-def operation_rows(runs: list[Run], annotation: Annotation) -> list[OperationRow]:
-    grid = annotation.timeline.unixtime_ms
+def operation_rows(runs: list[Run], predicted: PredictedRecording) -> list[OperationRow]:
+    grid = predicted.timeline.unixtime_ms
     return [OperationRow(r.op_id, int(grid[r.first]), int(grid[r.stop - 1]) + 1000) for r in runs]
 
 
-def segments_json(runs: list[Run], annotation: Annotation) -> list[dict]:
-    grid = annotation.timeline.unixtime_ms
+def segments_json(runs: list[Run], predicted: PredictedRecording) -> list[dict]:
+    grid = predicted.timeline.unixtime_ms
     return [
         {
             "id": r.op_id,
@@ -119,13 +119,13 @@ def segments_json(runs: list[Run], annotation: Annotation) -> list[dict]:
     ]
 
 
-def timeline_json(annotation: Annotation) -> list[dict]:
+def timeline_json(predicted: PredictedRecording) -> list[dict]:
     """The per-second timeline as JSON rows (what a server returns): no id where a second has no prediction."""
-    ids = annotation.timeline.ids(annotation.window_ids)
-    probs = second_probabilities(annotation)
+    ids = predicted.timeline.ids(predicted.window_ids)
+    probs = second_probabilities(predicted)
     rows = []
     for t, status, op, p in zip(
-        annotation.timeline.unixtime_ms, annotation.timeline.status, ids, probs, strict=True
+        predicted.timeline.unixtime_ms, predicted.timeline.status, ids, probs, strict=True
     ):
         row = {"unixtime_ms": int(t), "status": status, "id": None, "operation": None, "confidence": None}
         if op != MISSING:
@@ -136,36 +136,38 @@ def timeline_json(annotation: Annotation) -> list[dict]:
     return rows
 
 
-def metadata(annotation: Annotation, smoothing: Smoothing, runs: list[Run], official: dict | None) -> dict:
-    requested = [None if t is None else unix_ms_to_iso(t) for t in annotation.requested_ms]
-    statuses = annotation.timeline.status
+def metadata(
+    predicted: PredictedRecording, smoothing: Smoothing, runs: list[Run], official: dict | None
+) -> dict:
+    requested = [None if t is None else unix_ms_to_iso(t) for t in predicted.requested_ms]
+    statuses = predicted.timeline.status
     return {
-        "source": annotation.source,
+        "source": predicted.source,
         "requested_range": {"start": requested[0], "end": requested[1]},
         "range": {
-            "start": unix_ms_to_iso(annotation.range_ms[0]),
-            "end": unix_ms_to_iso(annotation.range_ms[1]),
-            "start_ms": annotation.range_ms[0],
-            "end_ms": annotation.range_ms[1],
-            "duration_s": annotation.duration_s,
+            "start": unix_ms_to_iso(predicted.range_ms[0]),
+            "end": unix_ms_to_iso(predicted.range_ms[1]),
+            "start_ms": predicted.range_ms[0],
+            "end_ms": predicted.range_ms[1],
+            "duration_s": predicted.duration_s,
         },
-        "window": asdict(annotation.settings),
+        "window": asdict(predicted.settings),
         "smoothing": asdict(smoothing) if smoothing.enabled else None,
-        "classes": annotation.class_names,
-        "windows": len(annotation.windows),
-        "skipped_windows": annotation.skipped_windows,
-        "frames_in_range": annotation.frames_in_range,
-        "frames_decoded": annotation.frames_decoded,
+        "classes": predicted.class_names,
+        "windows": len(predicted.windows),
+        "skipped_windows": predicted.skipped_windows,
+        "frames_in_range": predicted.frames_in_range,
+        "frames_decoded": predicted.frames_decoded,
         "seconds": {s: statuses.count(s) for s in (PREDICTED, NO_FRAMES, NO_WINDOW)},
         "segments": len(runs),
-        "wall_s": round(annotation.wall_s, 3),
-        "realtime_factor": round(annotation.realtime_factor, 2),
+        "wall_s": round(predicted.wall_s, 3),
+        "realtime_factor": round(predicted.realtime_factor, 2),
         "openpack_official": official,
     }
 
 
 def write_outputs(
-    annotation: Annotation,
+    predicted: PredictedRecording,
     out_dir: str | Path,
     user: str,
     session: str,
@@ -179,24 +181,24 @@ def write_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = f"{user}-{session}"
-    ids = annotation.timeline.ids(annotation.window_ids)
-    runs = segments(ids, second_probabilities(annotation), annotation.class_ids, smoothing)
-    scored = submission_seconds(annotation, key, truth)
+    ids = predicted.timeline.ids(predicted.window_ids)
+    runs = segments(ids, second_probabilities(predicted), predicted.class_ids, smoothing)
+    scored = submission_seconds(predicted, key, truth)
     official = None
     if truth is not None:
         result = evaluate_sessions([scored])["all"]
         official = {
             k: result[k] for k in ("f1_macro", "f1_weighted", "seconds", "filled_seconds", "per_class")
         }
-    meta = {**(extra or {}), "key": key, **metadata(annotation, smoothing, runs, official)}
+    meta = {**(extra or {}), "key": key, **metadata(predicted, smoothing, runs, official)}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".annotate-") as tmp_name:
         tmp = Path(tmp_name)
-        write_timeline_csv(annotation, tmp / "timeline.csv", probabilities)
+        write_timeline_csv(predicted, tmp / "timeline.csv", probabilities)
         with open(tmp / "operations.csv", "w", newline="") as f:
-            write_operations_csv(f, user, session, operation_rows(runs, annotation))
-        write_submission(make_submission([scored]), tmp, {"source": annotation.source, "key": key})
-        truth_ids = truth_on_timeline(annotation, truth) if truth is not None else None
-        recording_timeline_png(annotation.timeline.unixtime_ms, ids, tmp / "timeline.png", key, truth_ids)
+            write_operations_csv(f, user, session, operation_rows(runs, predicted))
+        write_submission(make_submission([scored]), tmp, {"source": predicted.source, "key": key})
+        truth_ids = truth_on_timeline(predicted, truth) if truth is not None else None
+        recording_timeline_png(predicted.timeline.unixtime_ms, ids, tmp / "timeline.png", key, truth_ids)
         (tmp / "annotate.json").write_text(json.dumps(meta, indent=1))
         for name in OUTPUT_FILES:  # each file appears complete or not at all
             os.replace(tmp / name, out_dir / name)
