@@ -17,7 +17,8 @@ from tests.test_remote_shards import serve_directory
 from vlmchallenge.data.annotation_parser import parse_operations_1hz_csv
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.config import DataConfig
-from vlmchallenge.data.pipeline import merge_jobs, prepare
+from vlmchallenge.data.merge import merge_jobs
+from vlmchallenge.data.pipeline import prepare
 from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.ground_truth import load_ground_truth_1hz
 from vlmchallenge.evaluation.report import build_report, session_seconds

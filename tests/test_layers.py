@@ -151,3 +151,30 @@ def test_no_private_lightning_api_is_imported(tmp_path):
     assert private_lightning_imports(probe) == [
         "probe.py:1 lightning_fabric.utilities.seed ['_collect_rng_states']"
     ]
+
+
+MAX_FUNCTION_LINES = 60  # a function a reader takes in on one screen
+SHORT_FUNCTION_PACKAGES = ("data", "evaluation", "inference", "serving", "reviewing")
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"{path.name}::{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+def test_no_function_in_the_data_evaluation_and_serving_wings_is_over_60_lines(tmp_path):
+    found = [
+        hit
+        for package in SHORT_FUNCTION_PACKAGES
+        for path in sorted((PACKAGE / package).rglob("*.py"))
+        for hit in long_functions(path)
+    ]
+    assert not found, f"split these into named steps: {found}"
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert long_functions(probe) == [f"probe.py::f ({MAX_FUNCTION_LINES + 1} lines)"]

@@ -17,7 +17,8 @@ import vlmchallenge.conf_schema  # noqa: F401
 from tests.helpers.runs import CONF_DIR
 from vlmchallenge import data_workflows
 from vlmchallenge.data.config import DataConfig
-from vlmchallenge.data.pipeline import merge_jobs, prepare
+from vlmchallenge.data.merge import merge_jobs
+from vlmchallenge.data.pipeline import prepare
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

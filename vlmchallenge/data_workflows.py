@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from vlmchallenge.conf_schema import as_dataclass
 from vlmchallenge.data import pipeline
 from vlmchallenge.data.config import DataConfig
-from vlmchallenge.data.pipeline import PrepareResult
+from vlmchallenge.data.merge import merge_jobs
+from vlmchallenge.data.prepare_result import PrepareResult
 from vlmchallenge.data.summary import merge_command, print_summary, session_progress, write_summary
 
 
@@ -24,7 +25,7 @@ def prepare(cfg: DictConfig) -> PrepareResult:
     data = as_dataclass(DataConfig, cfg.data)
     console = Console()
     if cfg.get("merge", False):
-        result = pipeline.merge_jobs(data, cfg.paths.data_dir)
+        result = merge_jobs(data, cfg.paths.data_dir)
     else:
         progress, update = session_progress(console)
         with progress:

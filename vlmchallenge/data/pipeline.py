@@ -1,189 +1,30 @@
-"""Raw OpenPack (or synthetic) -> per-split WebDataset shards + index + manifest, parallel over sessions."""
+"""Raw OpenPack (or synthetic) -> per-split WebDataset shards + index + manifest, parallel over sessions.
+
+This module plans and drives the run: which sessions, which subset, the output folder's checks, reusing a
+finished or published folder. A session's own work is `session_clips.process_session`; the manifest is written
+by `manifest.write_index_and_manifest`; subset jobs are joined by `merge.merge_jobs`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from vlmchallenge import __version__
 from vlmchallenge.data import locations
-from vlmchallenge.data.annotation_parser import OperationAnnotation, parse_operations_csv
-from vlmchallenge.data.classes import ID_TO_CLASS, OPENPACK_OPERATIONS, class_index
-from vlmchallenge.data.clip_builder import build_clips
-from vlmchallenge.data.config import DEFAULT_DATA_DIR, MANIFEST_VERSION, DataConfig
-from vlmchallenge.data.frame_sampler import FrameSampler, SessionFrameCache
-from vlmchallenge.data.frame_source import NoUsableFrames
-from vlmchallenge.data.jst_time import unix_ms_to_jst
-from vlmchallenge.data.manifest import MANIFEST_NAME
-from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions, open_source
-from vlmchallenge.data.shard_writer import (
-    atomic_write_bytes,
-    atomic_write_text,
-    sample_key,
-    write_session_shards,
-    write_split_index,
-)
+from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
+from vlmchallenge.data.manifest import MANIFEST_NAME, split_stats, write_index_and_manifest
+from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions
+from vlmchallenge.data.prepare_result import PrepareResult, SessionResult
+from vlmchallenge.data.session_clips import process_session
 from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.synthetic import generate as generate_synthetic
 from vlmchallenge.utils.atomic import build_lock
 
-GROUND_TRUTH_SUFFIX = ".operations-1hz.csv"  # <split>/<USER>-<SESSION>.operations-1hz.csv
 
-
-@dataclass
-class SessionResult:
-    split: str
-    key: str
-    record: dict  # the session's done-marker: shards, class counts, skipped reasons, ...
-    frames_decoded: int
-    clips_written: int
-    seconds: float
-
-
-@dataclass
-class PrepareResult:
-    out_dir: Path | str  # a URL after `verify_published`
-    manifest: dict | None  # None after a subset job: the merge writes it
-    sessions: list[SessionResult]
-    unassigned: list[str]  # sessions whose user is in no split (reported, not silently dropped)
-    seconds: float
-    totals: dict = field(default_factory=dict)
-    splits: dict = field(default_factory=dict)  # per split: users, sessions, nsamples, class counts, ...
-    subset: str | None = None  # a subset job: what it covered; None: every session
-    merged: bool = False  # written by `merge_jobs` from the done-markers
-
-
-def _clip_sample(clip, clip_no: int, frames: list[bytes], frame_ts: list[int], size: tuple[int, int]) -> dict:
-    meta = {
-        "user": clip.user,
-        "session": clip.session,
-        "box": clip.box,
-        "clip": clip_no,
-        "label_id": clip.label_id,
-        "label_index": class_index(clip.label_id),
-        "label_name": ID_TO_CLASS[clip.label_id].name,
-        "start_ms": clip.start_ms,
-        "end_ms": clip.end_ms,
-        "frame_ts_ms": frame_ts,
-        "source_frames": len(clip.frame_indices),
-        "width": size[0],
-        "height": size[1],
-    }
-    sample = {"__key__": sample_key(clip.user, clip.session, clip_no)}
-    for i, jpg in enumerate(frames):
-        sample[f"{i:03d}.jpg"] = jpg
-    sample["json"] = json.dumps(meta, sort_keys=True).encode()
-    sample["cls"] = str(meta["label_index"]).encode()
-    return sample
-
-
-def copy_ground_truth(ref: SessionRef, split_dir: Path) -> dict | None:
-    """Copy the session's 1-Hz ground truth (the official score's truth) beside its shards, bytes unchanged, so
-    an evaluation needs only the shard folder. Its entry for the done-marker; None when the session has none."""
-    if ref.operations_1hz_csv is None:
-        return None
-    raw = ref.operations_1hz_csv.read_bytes()
-    name = f"{ref.key}{GROUND_TRUTH_SUFFIX}"
-    split_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(split_dir / name, raw)
-    return {"file": name, "sha256": hashlib.sha256(raw).hexdigest()}
-
-
-def process_session(
-    cfg: DataConfig, ref: SessionRef, split: str, out_dir: Path, config_fp: str
-) -> SessionResult:
-    """Everything for one session, in a worker process: parse, align, sample, decode, write."""
-    t0 = time.perf_counter()
-    ann = parse_operations_csv(ref.operations_csv)
-    try:
-        source = open_source(ref, ann, cfg.source, cfg.root, cfg.video_pattern, cfg.video_time_origin)
-        timestamps, source_fp, unusable = source.timestamps_ms, source.fingerprint_parts(), None
-    except NoUsableFrames as e:  # the session yields 0 clips, with this reason; the others go on
-        source, timestamps, unusable = None, np.zeros(0, dtype=np.int64), str(e)
-        source_fp = [f"unusable:{e}"]
-    built = build_clips(ann, timestamps, cfg.clips)
-    sampler = FrameSampler(cfg.sampler)
-    # written first (and on every run: a few kB), so a done-marker always has its ground truth beside it
-    ground_truth = copy_ground_truth(ref, out_dir / split)
-    fp = hashlib.sha256(
-        "|".join(
-            [
-                config_fp,
-                hashlib.sha256(ref.operations_csv.read_bytes()).hexdigest(),
-                ground_truth["sha256"] if ground_truth else "no-1hz",  # new truth: a new marker record
-                *source_fp,
-            ]
-        ).encode()
-    ).hexdigest()
-    stats = {"decoded": 0}
-
-    def make_samples(start: int) -> Iterator[dict]:
-        if start >= len(built.clips):
-            return
-        with source.reader() as reader:
-            cache = SessionFrameCache(sampler, reader)
-            for clip_no in range(start, len(built.clips)):
-                clip = built.clips[clip_no]
-                picks = sampler.select(clip.frame_ts_ms, clip.start_ms, clip.end_ms)
-                frames = cache.get([clip.frame_indices[i] for i in picks])
-                size = sampler.output_size(*cache.source_size)
-                yield _clip_sample(clip, clip_no, frames, [clip.frame_ts_ms[i] for i in picks], size)
-            stats["decoded"] = cache.decoded
-
-    class_counts = Counter(ID_TO_CLASS[c.label_id].name for c in built.clips)
-    extra = {
-        "user": ref.user,
-        "session": ref.session,
-        "class_counts": dict(sorted(class_counts.items())),
-        "skipped": dict(sorted(built.skipped.items())),
-        "gaps": len(ann.gaps),
-        "source_frames": int(len(timestamps)),
-        "zero_clip_reason": None
-        if built.clips
-        else unusable or zero_clip_reason(ann, timestamps, built.skipped),
-        "ground_truth_1hz": ground_truth,  # relative to the split folder, like the shards' `url`
-        "config_fingerprint": config_fp,  # what `merge_jobs` checks: every job used the same settings
-    }
-    record = write_session_shards(
-        out_dir / split, ref.key, fp, len(built.clips), make_samples, cfg.shards, extra
-    )
-    written = record.pop("written_now")
-    return SessionResult(split, ref.key, record, stats["decoded"], written, time.perf_counter() - t0)
-
-
-def _jst_range(start_ms: int, end_ms: int, with_zone: bool) -> str:
-    a, b = unix_ms_to_jst(start_ms), unix_ms_to_jst(end_ms)
-    fmt = "%H:%M:%S" if a.date() == b.date() else "%Y-%m-%d %H:%M:%S"
-    text = f"{a:{fmt}}.{start_ms % 1000:03d}-{b:{fmt}}.{end_ms % 1000:03d}"
-    return text + (" JST" if with_zone else "")
-
-
-def zero_clip_reason(ann: OperationAnnotation, timestamps: np.ndarray, skipped: dict) -> str:
-    """Why a session with frames and annotations gave no clip, with both time ranges when they miss."""
-    if not ann.segments:
-        return "no annotated segments"
-    first, last = ann.segments[0].start_ms, max(seg.end_ms for seg in ann.segments)
-    inside = int(np.count_nonzero((timestamps >= first) & (timestamps < last)))
-    if inside == 0:
-        return (
-            f"no frames inside any window: frames cover "
-            f"{_jst_range(int(timestamps[0]), int(timestamps[-1]), with_zone=True)}, "
-            f"annotations {_jst_range(first, last, with_zone=False)}"
-        )
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none built"
-    return f"{inside} frames inside the annotations, but every clip was skipped ({reasons})"
-
-
-def _check_out_dir(out_dir: Path, config_fp: str, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, config_fp: str, overwrite: bool) -> None:
     manifest = out_dir / MANIFEST_NAME
     if not out_dir.exists():
         return
@@ -247,7 +88,7 @@ def reuse_without_raw_tree(cfg: DataConfig, out_dir: Path, config_fp: str, t0: f
     """A finished folder whose raw tree is gone (shards copied to another machine, or the raw data deleted):
     used as it is, since it holds everything training and evaluation read, the 1-Hz ground truth included.
     Nothing can be rebuilt or checked against the sources, so the settings must match the manifest's."""
-    _check_out_dir(out_dir, config_fp, overwrite=False)
+    check_out_dir(out_dir, config_fp, overwrite=False)
     manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
     seconds = time.perf_counter() - t0
     totals = {"sessions": 0, "clips_written": 0, "frames_decoded": 0, "seconds": seconds}
@@ -329,7 +170,7 @@ def _build_shards(
     subset = None
     if cfg.is_subset:
         tasks, subset = select_subset(cfg, tasks, unassigned)
-    _check_out_dir(out_dir, config_fp, cfg.shards.overwrite)
+    check_out_dir(out_dir, config_fp, cfg.shards.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[SessionResult] = []
@@ -355,7 +196,7 @@ def _build_shards(
     results.sort(key=lambda r: (SPLIT_NAMES.index(r.split), r.key))
 
     if subset is None:
-        manifest = _write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
+        manifest = write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
         splits = manifest["splits"]
     else:  # concurrent jobs would race on these files, each listing only its own sessions
         manifest, splits = None, split_stats(results)
@@ -367,126 +208,3 @@ def _build_shards(
         "seconds": seconds,
     }
     return PrepareResult(out_dir, manifest, results, unassigned, seconds, totals, splits, subset)
-
-
-def merge_jobs(cfg: DataConfig, data_dir: str | Path = DEFAULT_DATA_DIR) -> PrepareResult:
-    """Write the split indexes and the manifest from the done-markers that subset jobs left in the output
-    folder. Refuses while a session of the plan has no marker, or a marker was made with other settings, or a
-    shard a marker lists is missing or of another size. The raw tree is only listed, never read."""
-    t0 = time.perf_counter()
-    cfg.validate()
-    if cfg.is_subset:
-        raise ValueError("merge=true covers every session: drop data.sessions / data.shard_of")
-    if cfg.shards.overwrite:
-        raise ValueError("merge=true with data.shards.overwrite=true would delete the jobs' output; drop it")
-    if locations.is_remote(cfg.shards.out_dir or ""):
-        raise ValueError(
-            "merge=true writes into a local data.shards.out_dir: merge there, then upload the folder"
-        )
-    out_dir = cfg.resolved_out_dir(data_dir)
-    config_fp = cfg.fingerprint()
-    if not out_dir.is_dir():
-        raise FileNotFoundError(f"{out_dir}: nothing to merge; run the subset jobs (data.shard_of=i/n) first")
-    _check_out_dir(out_dir, config_fp, overwrite=False)
-    tasks, unassigned = plan_sessions(cfg)
-
-    results, unfinished, foreign, broken = [], [], [], []
-    for split, ref in tasks:
-        marker = out_dir / split / f"{ref.key}.done.json"
-        if not marker.exists():
-            unfinished.append(ref)
-            continue
-        try:
-            record = json.loads(marker.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{marker}: not a done-marker (invalid JSON: {e})") from e
-        if record.get("config_fingerprint") != config_fp:
-            foreign.append(f"{marker} ({str(record.get('config_fingerprint'))[:10]})")
-        for shard in record.get("shards", []):
-            path = out_dir / split / shard["url"]
-            if not path.is_file() or path.stat().st_size != shard["filesize"]:
-                broken.append(str(path))
-        if truth := record.get("ground_truth_1hz"):
-            path = out_dir / split / truth["file"]
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != truth["sha256"]:
-                broken.append(str(path))
-        results.append(SessionResult(split, ref.key, {**record, "resumed": "complete"}, 0, 0, 0.0))
-    if unfinished:
-        names = ",".join(f"{r.user}/{r.session}" for r in unfinished)
-        raise RuntimeError(
-            f"merge: {len(unfinished)} of {len(tasks)} sessions have no done-marker in {out_dir} (a job has "
-            f"not finished, or failed): {', '.join(r.key for r in unfinished)}; run data.sessions=[{names}] "
-            "(or the jobs that own them) and merge again"
-        )
-    if foreign:
-        raise ValueError(
-            f"merge: done-markers made with other data settings (config fingerprint != {config_fp[:10]}, or none "
-            f"from an older version): {', '.join(foreign)}; rerun those sessions with these settings after "
-            "deleting their markers, or merge with the settings they were made with"
-        )
-    if broken:
-        raise FileNotFoundError(
-            "merge: shards (or 1-Hz ground-truth copies, checked by sha256) listed by done-markers are missing "
-            f"or of another size: {', '.join(broken)}; delete "
-            "those sessions' .done.json markers and rerun their jobs (finished shards are reused)"
-        )
-    results.sort(key=lambda r: (SPLIT_NAMES.index(r.split), r.key))
-    manifest = _write_index_and_manifest(cfg, out_dir, config_fp, results, unassigned)
-    seconds = time.perf_counter() - t0
-    totals = {"sessions": len(results), "clips_written": 0, "frames_decoded": 0, "seconds": seconds}
-    return PrepareResult(
-        out_dir, manifest, results, unassigned, seconds, totals, manifest["splits"], merged=True
-    )
-
-
-def _from_manifest(split: str, entry: dict | None) -> dict | None:
-    """A done-marker's ground-truth entry with its file relative to the manifest's folder instead."""
-    return None if entry is None else {**entry, "file": f"{split}/{entry['file']}"}
-
-
-def split_stats(results: list[SessionResult]) -> dict:
-    """Per split: users, sessions, sample and shard counts, class counts and skipped clips of these sessions."""
-    splits = {}
-    for split in SPLIT_NAMES:
-        recs = [r.record for r in results if r.split == split]
-        counts: Counter = Counter()
-        skipped: Counter = Counter()
-        for rec in recs:
-            counts.update(rec["class_counts"])
-            skipped.update(rec["skipped"])
-        splits[split] = {
-            "users": sorted({rec["user"] for rec in recs}),
-            "sessions": [rec["prefix"] for rec in recs],
-            "nsamples": sum(e["nsamples"] for rec in recs for e in rec["shards"]),
-            "nshards": sum(len(rec["shards"]) for rec in recs),
-            "class_counts": {c.name: counts.get(c.name, 0) for c in OPENPACK_OPERATIONS},
-            "skipped": dict(sorted(skipped.items())),
-            # session -> its 1-Hz ground truth, relative to the manifest's folder (null: the raw tree had none)
-            "ground_truth_1hz": {
-                rec["prefix"]: _from_manifest(split, rec["ground_truth_1hz"]) for rec in recs
-            },
-        }
-    return splits
-
-
-def _write_index_and_manifest(
-    cfg: DataConfig, out_dir: Path, config_fp: str, results: list[SessionResult], unassigned: list[str]
-) -> dict:
-    splits = split_stats(results)
-    for split in SPLIT_NAMES:
-        write_split_index(out_dir / split, split, [r.record for r in results if r.split == split])
-        splits[split]["index"] = f"{split}/shardindex.json"
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "vlmchallenge_version": __version__,
-        "config_fingerprint": config_fp,
-        "source": {"name": cfg.name, "root": str(Path(cfg.root).resolve()), "type": cfg.source},
-        "classes": [{"index": c.index, "id": c.id, "name": c.name} for c in OPENPACK_OPERATIONS],
-        "clips": asdict(cfg.clips),
-        "sampler": asdict(cfg.sampler),
-        "shards": {"maxcount": cfg.shards.maxcount, "maxsize": cfg.shards.maxsize},
-        "splits": splits,
-        "unassigned_sessions": unassigned,
-    }
-    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
-    return manifest

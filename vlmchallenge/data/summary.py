@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
-from vlmchallenge.data.pipeline import PrepareResult, SessionResult
+from vlmchallenge.data.prepare_result import PrepareResult, SessionResult
 from vlmchallenge.data.shard_writer import atomic_write_text
 from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.verify import VerifyResult
