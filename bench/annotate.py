@@ -37,7 +37,8 @@ from train_step import compose_default  # noqa: E402
 from vlmchallenge.assembly import assemble, settings_from_config  # noqa: E402
 from vlmchallenge.data.frame_source import JpegFolderSource  # noqa: E402
 from vlmchallenge.data.synthetic import SyntheticConfig, generate  # noqa: E402
-from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator  # noqa: E402
+from vlmchallenge.inference.annotate_settings import AnnotateSettings  # noqa: E402
+from vlmchallenge.inference.annotator import RecordingAnnotator  # noqa: E402
 from vlmchallenge.inference.engine import VLMInference  # noqa: E402
 from vlmchallenge.models.collator import Example  # noqa: E402
 from vlmchallenge.workflows import export_components  # noqa: E402

@@ -25,10 +25,11 @@ from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.openpack_metric import resample_predictions_1hz
 from vlmchallenge.evaluation.seconds import MISSING, score_seconds
-from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
+from vlmchallenge.inference.annotate_settings import AnnotateSettings
+from vlmchallenge.inference.annotator import InMemoryFrames, RecordingAnnotator
 from vlmchallenge.inference.engine import VLMInference
 from vlmchallenge.inference.prediction_outputs import OUTPUT_FILES, write_outputs
-from vlmchallenge.inference.recordings import open_recording
+from vlmchallenge.inference.recordings import RecordingOptions, open_recording
 from vlmchallenge.inference.segments import Run, Smoothing, merge_short_runs, runs_of, segments
 
 USER, SESSION = "U9004", "S0100"  # the fixture run's test user: never trained on
@@ -200,10 +201,10 @@ def test_folder_and_video_give_the_same_timeline(annotator, frames, tmp_path):
     lo, hi = (int(i) for i in np.searchsorted(frames.timestamps_ms, [start, end]))
     video = tmp_path / "session.mkv"
     write_lossless_video(frames, lo, hi, video, creation_time=True)
-    recording = open_recording(video)
+    recording = open_recording(RecordingOptions(str(video)))
     assert recording.kind == "video"
     from_video = annotator.annotate(recording.source)
-    from_folder = annotator.annotate(open_recording(frames.root).source, start, end)
+    from_folder = annotator.annotate(open_recording(RecordingOptions(str(frames.root))).source, start, end)
     assert np.array_equal(from_video.timeline.unixtime_ms, from_folder.timeline.unixtime_ms)
     assert np.array_equal(
         from_video.timeline.ids(from_video.window_ids), from_folder.timeline.ids(from_folder.window_ids)
@@ -287,9 +288,9 @@ def test_a_video_without_creation_time_needs_an_origin(frames, tmp_path):
     video = tmp_path / "plain.mkv"
     write_lossless_video(frames, 0, 20, video, creation_time=False)
     with pytest.raises(ValueError, match="no timezone-aware creation_time tag.*video_time_origin="):
-        open_recording(video)
+        open_recording(RecordingOptions(str(video)))
     origin = int(frames.timestamps_ms[0])
-    given = open_recording(video, video_time_origin=unix_ms_to_iso(origin))
+    given = open_recording(RecordingOptions(str(video), video_time_origin=unix_ms_to_iso(origin)))
     assert np.array_equal(given.source.timestamps_ms, frames.timestamps_ms[:20])
 
 
@@ -303,14 +304,14 @@ def test_a_range_without_frames_names_both_ranges(annotator, frames):
 
 def test_unknown_or_missing_inputs_are_clear_errors(tmp_path, root):
     with pytest.raises(ValueError, match="kind: expected one of auto, openpack, frames, video, got 'webcam'"):
-        open_recording(tmp_path, kind="webcam")
+        open_recording(RecordingOptions(str(tmp_path), kind="webcam"))
     with pytest.raises(FileNotFoundError, match="nothing.mp4 not found"):
-        open_recording(tmp_path / "nothing.mp4")
+        open_recording(RecordingOptions(str(tmp_path / "nothing.mp4")))
     (tmp_path / "notes.txt").write_text("not a video")
     with pytest.raises(ValueError, match="notes.txt: cannot read video"):
-        open_recording(tmp_path / "notes.txt")
+        open_recording(RecordingOptions(str(tmp_path / "notes.txt")))
     with pytest.raises(FileNotFoundError, match="no session U9004/S0999"):
-        open_recording(root, user=USER, session="S0999")
+        open_recording(RecordingOptions(str(root), user=USER, session="S0999"))
 
 
 # ---------------------------------------------------------------- per-second logic and segments (no model)

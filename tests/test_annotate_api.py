@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from litserve.utils import wrap_litserve_start
-from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers.runs import CONF_DIR
-from tests.test_serving import wait_healthy
+from tests.test_serving import serve_cfg, wait_healthy
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.inference.annotator import RecordingAnnotator
 from vlmchallenge.inference.engine import VLMInference
@@ -49,12 +47,11 @@ def stretch(two_class_run):
 
 @pytest.fixture(scope="module")
 def client(export_dir):
-    cfg = OmegaConf.load(f"{CONF_DIR}/serve.yaml")
-    cfg.export_dir, cfg.device, cfg.api_key = str(export_dir), "cpu", None
-    cfg.openai = False  # a route is a worker process that loads the model; these tests use `/annotate` only
-    cfg.limits.max_recording_s = 60
-    cfg.timeout = (
-        300  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s
+    cfg = serve_cfg(
+        export_dir,
+        openai=False,  # a route is a worker process that loads the model; these tests use `/annotate` only
+        **{"limits.max_recording_s": 60},
+        timeout=300,  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s
     )
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)  # pauses between polls; fails, with the workers' states, if it never is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,61 @@ def test_lora_lists_stay_plain_for_peft():
     model = as_dataclass(ModelConfig, cfg.model)
     assert type(model.lora.modules_to_save) is list  # a ListConfig would break peft's JSON save (peft#567)
     assert OmegaConf.is_config(cfg.model)
+
+
+def restated_defaults(defaults, node, prefix: str = "") -> list[str]:
+    """The keys of a YAML `node` whose value equals the schema's default (nested settings too): a second
+    source of that default, which the two would drift apart from."""
+    found = []
+    for key in node:
+        if key == "defaults" or key not in defaults or OmegaConf.is_interpolation(node, key):
+            continue
+        if OmegaConf.is_dict(defaults._get_node(key)) and OmegaConf.is_dict(node._get_node(key)):
+            found += restated_defaults(defaults[key], node[key], f"{prefix}{key}.")
+        elif not OmegaConf.is_missing(defaults, key) and node[key] == defaults[key]:
+            found.append(f"{prefix}{key}: {node[key]}")
+    return found
+
+
+def defaulted_parameters(func, names) -> list[str]:
+    return [
+        f"{func.__qualname__}({p.name}={p.default!r})"
+        for p in inspect.signature(func).parameters.values()
+        if p.name in names and p.default is not inspect.Parameter.empty
+    ]
+
+
+def test_each_default_of_serve_annotate_review_and_vram_is_stated_once_in_its_schema(tmp_path):
+    """The schemas hold the defaults (`ServeSettings`, `AnnotateCommand` with `RecordingOptions` and
+    `AnnotateSettings`, `ReviewCommand`, `VRAMConfig`): their YAML states only deltas, and no constructor or
+    function that takes those settings gives them defaults of its own."""
+    from vlmchallenge.conf_schema import AnnotateCommand, ReviewCommand, ServeCommand
+    from vlmchallenge.inference.recordings import RecordingOptions, open_recording
+    from vlmchallenge.serving.annotate_api import RecordingAnnotatorAPI
+    from vlmchallenge.serving.api import ChatClassifierAPI, ClipClassifierAPI, ExportBackedAPI
+    from vlmchallenge.serving.settings import ServeSettings
+    from vlmchallenge.training.config import VRAMConfig
+    from vlmchallenge.training.vram_callback import VRAMPlanner
+
+    serve, vram = OmegaConf.structured(ServeCommand), OmegaConf.structured(VRAMConfig)
+    assert restated_defaults(serve, OmegaConf.load(f"{CONF_DIR}/serve.yaml")) == []
+    assert restated_defaults(vram, OmegaConf.load(f"{CONF_DIR}/vram/default.yaml")) == []
+    for schema, yaml in [(AnnotateCommand, "annotate.yaml"), (ReviewCommand, "review.yaml")]:
+        assert restated_defaults(OmegaConf.structured(schema), OmegaConf.load(f"{CONF_DIR}/{yaml}")) == []
+    serve_names = {f.name for f in dataclasses.fields(ServeSettings)} | {"limits", "batch_size"}
+    constructors = [ClipClassifierAPI, ChatClassifierAPI, RecordingAnnotatorAPI]
+    found = [hit for c in constructors for hit in defaulted_parameters(c.__init__, serve_names)]
+    found += defaulted_parameters(ExportBackedAPI.serve_export, serve_names)
+    found += defaulted_parameters(VRAMPlanner.__init__, {f.name for f in dataclasses.fields(VRAMConfig)})
+    found += defaulted_parameters(open_recording, {f.name for f in dataclasses.fields(RecordingOptions)})
+    assert found == []
+    # the check itself: a restated nested default and a defaulted parameter are found
+    restating = OmegaConf.create({"port": 8000, "limits": {"max_queue_x": 1, "max_frames_per_clip": 64}})
+    assert restated_defaults(serve, restating) == ["port: 8000", "limits.max_frames_per_clip: 64"]
+
+    def probe(device="auto"): ...
+
+    assert defaulted_parameters(probe, {"device"}) == [
+        "test_each_default_of_serve_annotate_review_and_vram_is_stated_once_in_its_schema.<locals>"
+        ".probe(device='auto')"
+    ]

@@ -113,6 +113,16 @@ def test_export_cli_gives_the_checkpoints_predictions(two_class_run, tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_export_reads_no_data(two_class_run, tmp_path):
+    """The export stage builds no datamodule and needs no data folder: its settings carry none."""
+    from vlmchallenge.assembly import assemble, settings_from_checkpoint
+
+    settings = settings_from_checkpoint(checkpoint_alone(two_class_run, tmp_path), data_dir=None)
+    assert assemble(settings, "export").datamodule is None
+    with pytest.raises(ValueError, match="the evaluate stage reads data: its settings need a data_dir"):
+        assemble(settings, "evaluate")
+
+
 @pytest.mark.drill
 @pytest.mark.parametrize("sample_start", [False, True], ids=["mid_sample", "sample_start"])
 def test_evaluate_names_a_damaged_test_shard_and_the_remedy(two_class_run, tmp_path, drill, sample_start):

@@ -86,4 +86,4 @@ def test_fsdp_wraps_the_blocks_and_keeps_checkpoints_adapter_only(tmp_path, shar
     plain = assemble(settings_from_config(cfg), "export").module
     plain.configure_model()
     assert set(saved) == set(plain.state_dict())
-    assert (export(ckpt, str(shared_data_dir), tmp_path / "export") / "model.safetensors").exists()
+    assert (export(ckpt, tmp_path / "export") / "model.safetensors").exists()

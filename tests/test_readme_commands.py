@@ -624,7 +624,7 @@ def test_post_annotate_example_with_every_optional_field(ctx, monkeypatch):
 
     import vlmchallenge.conf_schema  # noqa: F401
     from vlmchallenge.serving.annotate_api import AnnotateRequest, RecordingAnnotatorAPI
-    from vlmchallenge.serving.api import ServeLimits
+    from vlmchallenge.serving.settings import ServeLimits
 
     text = README.read_text()
     section = text[text.index("## Annotate a recording") :]
@@ -642,7 +642,12 @@ def test_post_annotate_example_with_every_optional_field(ctx, monkeypatch):
         cfg = compose("serve", overrides=overrides)
     assert cfg.api_key == key and cfg.max_batch_size == 16 and cfg.host == "0.0.0.0" and cfg.annotate
     api = RecordingAnnotatorAPI(
-        str(cfg.export_dir), cfg.device, ServeLimits(**cfg.limits), cfg.api_key, cfg.annotate_batch_size
+        str(cfg.export_dir),
+        cfg.device,
+        ServeLimits(**cfg.limits),
+        cfg.api_key,
+        cfg.annotate_batch_size,
+        cfg.decode_threads,
     )
     with pytest.raises(HTTPException) as denied:
         api.authorize(x_api_key=None, authorization=None)

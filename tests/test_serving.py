@@ -28,10 +28,10 @@ from litserve.utils import wrap_litserve_start
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers.runs import CONF_DIR
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.inference.engine import VLMInference, decode_image
 from vlmchallenge.serving.server import build_server
+from vlmchallenge.serving.settings import ServeSettings
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +104,12 @@ def png_b64(color=(10, 20, 30), size=(112, 84)) -> str:
 PREDICT_ONLY = {"openai": False, "annotate": False}
 
 
-def serve_cfg(export_dir, **over):
-    cfg = OmegaConf.load(f"{CONF_DIR}/serve.yaml")
-    cfg.export_dir, cfg.device, cfg.api_key = str(export_dir), "cpu", None
+def serve_cfg(export_dir, **over) -> ServeSettings:
+    """The serve settings for an export on CPU, with `over` ("limits.max_video_frames_read": 4, ...) on top."""
+    cfg = OmegaConf.structured(ServeSettings(export_dir=str(export_dir), device="cpu"))
     for k, v in over.items():
         OmegaConf.update(cfg, k, v)
-    return cfg
+    return OmegaConf.to_object(cfg)
 
 
 # generous: loading the model on a busy 2-core machine can take minutes; a dead server fails at once
@@ -158,7 +158,7 @@ def test_serving_gives_training_probabilities_for_the_same_frames(export_dir, cl
 
 
 def test_decode_threads_size_the_pool_and_change_no_value(export_dir, clips):
-    """`decode_threads` (conf/serve.yaml; the live server's worker says what it got: test_serving_faults.py)
+    """`decode_threads` (`ServeSettings`; the live server's worker says what it got: test_serving_faults.py)
     sizes the engine's frame-decoding pool, and 1 thread or 4 decode every clip of a batch to the same arrays
     and the same probabilities."""
     engines = {n: VLMInference(export_dir, device="cpu", decode_threads=n) for n in (1, 4)}

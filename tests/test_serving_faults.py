@@ -52,7 +52,8 @@ from tests.test_serving import (
     wait_for_health,
 )
 from vlmchallenge.inference.engine import BadInput, decode_image
-from vlmchallenge.serving.api import ChatClassifierAPI, ExportBackedAPI, ServeLimits
+from vlmchallenge.serving.api import ChatClassifierAPI, ExportBackedAPI
+from vlmchallenge.serving.settings import ServeLimits
 from vlmchallenge.serving.supervision import EXIT_PROCESS_DIED
 
 
@@ -513,7 +514,7 @@ def test_huge_image_dimensions_are_rejected_from_the_header(size, message):
 
 
 def test_api_key_is_compared_in_constant_time(monkeypatch):
-    api = ChatClassifierAPI("unused", "cpu", ServeLimits(), api_key="s3cret-ké")
+    api = ChatClassifierAPI("unused", "cpu", ServeLimits(), "s3cret-ké", decode_threads=None)
     compared = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))

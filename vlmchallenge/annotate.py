@@ -1,12 +1,13 @@
 """`python -m vlmchallenge.annotate export_dir=<export folder> input=<recording>`: a whole recording (an OpenPack
 session, a folder of OpenPack-named JPEG frames, or a video file) -> timeline.csv, operations.csv,
-submission.json, timeline.png and annotate.json in one folder (conf/annotate.yaml lists the options)."""
+submission.json, timeline.png and annotate.json in one folder (conf_schema.py::AnnotateCommand lists the options)."""
 
 from __future__ import annotations
 
 import hydra
 from omegaconf import DictConfig
 
+import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
 from vlmchallenge.workflows import annotate
 
 

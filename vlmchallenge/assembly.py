@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 
 from vlmchallenge.conf_schema import as_dataclass
-from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
+from vlmchallenge.data.config import DataConfig
 from vlmchallenge.models.availability import check_model_available
 from vlmchallenge.models.collator import PromptCollator, TrainCollator
 from vlmchallenge.models.config import LoraSettings, ModelConfig, OptimConfig
@@ -48,10 +48,10 @@ class RunSettings:
 
     data: DataConfig
     model: ModelConfig
+    data_dir: str | None  # `paths.data_dir`; None for a stage that reads no data (export)
     dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
     optim: OptimConfig | None = None
     seed: int = 0
-    data_dir: str = DEFAULT_DATA_DIR
     prompt: PromptBuilder | None = None  # null: the OpenPack operations (+ Null when clips keep it)
 
     def validate(self) -> None:
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def settings_from_checkpoint(
-    path: str | Path, data_dir: str, overrides: list[str] = (), ckpt: dict | None = None
+    path: str | Path, data_dir: str | None, overrides: list[str] = (), ckpt: dict | None = None
 ) -> RunSettings:
     """A checkpoint's own settings (saved by the module and the datamodule), with `group.key=value` overrides
     of the groups in `SETTING_GROUPS` applied on top. Pass `ckpt` when the caller has loaded it already."""
@@ -203,7 +203,7 @@ class Components:
     stage: str
     processor: Any
     prompt: PromptBuilder
-    datamodule: ShardDataModule
+    datamodule: ShardDataModule | None  # None for export, which reads no data
     module: VLMClassifier
     callbacks: list = field(default_factory=list)
     loggers: list = field(default_factory=list)
@@ -240,15 +240,19 @@ def assemble(
     check_family(settings, family, trainer)
     processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler, family)
     prompt = settings.class_prompt(family)
-    datamodule = ShardDataModule(
-        settings.data,
-        settings.dataloader,
-        settings.data_dir,
-        seed=settings.seed,
-        test_split=test_split,
-        train_collate=TrainCollator(processor, prompt) if stage == "fit" else None,
-        eval_collate=PromptCollator(processor, prompt),
-    )
+    datamodule = None
+    if stage != "export":
+        if settings.data_dir is None:
+            raise ValueError(f"the {stage} stage reads data: its settings need a data_dir (paths.data_dir)")
+        datamodule = ShardDataModule(
+            settings.data,
+            settings.dataloader,
+            settings.data_dir,
+            seed=settings.seed,
+            test_split=test_split,
+            train_collate=TrainCollator(processor, prompt) if stage == "fit" else None,
+            eval_collate=PromptCollator(processor, prompt),
+        )
     module = VLMClassifier(
         settings.model,
         family,

@@ -5,12 +5,61 @@ first and then holds only what differs, so a typo or a wrong type fails at start
 before any data or model is touched. Import this before `@hydra.main` / `compose`.
 """
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from vlmchallenge.data.config import DataConfig
+from vlmchallenge.inference.annotate_settings import AnnotateSettings
+from vlmchallenge.inference.recordings import RecordingOptions
+from vlmchallenge.inference.segments import Smoothing
 from vlmchallenge.models.config import ModelConfig, OptimConfig
+from vlmchallenge.serving.settings import ServeSettings
 from vlmchallenge.training.config import DataLoaderConfig, VRAMConfig
+
+
+@dataclass
+class ServeCommand(ServeSettings):
+    """conf/serve.yaml's schema: the serve settings, plus the keys every command's config has."""
+
+    task_name: str = "serve"
+    paths: Any = None  # the `paths` group (conf/paths/default.yaml)
+
+
+@dataclass
+class AnnotateCommand(AnnotateSettings, RecordingOptions):
+    """conf/annotate.yaml's schema: the recording (`RecordingOptions`), its windows (`AnnotateSettings`), and
+    the rest of `python -m vlmchallenge.annotate`."""
+
+    export_dir: str = MISSING
+    start: Any = None  # annotate from this time (unix ms or ISO with offset); None: the first frame
+    end: Any = None  # ... up to this time (exclusive); None: the last frame
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    probabilities: bool = True  # per-class probability columns in timeline.csv
+    smoothing: Smoothing = field(default_factory=Smoothing)  # operations.csv only; off by default
+    progress: bool = True
+    out_dir: str | None = None  # None: the run folder, outputs/annotate/runs/<time>/
+    task_name: str = "annotate"
+    paths: Any = None
+
+
+@dataclass
+class ReviewCommand(AnnotateCommand):
+    """conf/review.yaml's schema: a finished annotation (`annotation=`), or annotate's settings to make one
+    first, and the page's server."""
+
+    annotation: str | None = None  # a folder `annotate` wrote; None: annotate export_dir + input first
+    export_dir: Any = None  # only to annotate first
+    input: Any = None
+    host: str = "127.0.0.1"  # loopback by default; beyond it the page needs api_key (it writes files)
+    port: int = 8765  # 0: any free port (the printed URL says which)
+    api_key: str | None = None  # review.yaml reads it from the env, as serve does
+    export_session: str | None = (
+        None  # <root>/<user>/<session>: write it there as an OpenPack session, then exit
+    )
+    task_name: str = "review"
 
 
 def register_configs() -> None:
@@ -20,6 +69,9 @@ def register_configs() -> None:
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="dataloader", name="base_dataloader", node=DataLoaderConfig)
     cs.store(group="vram", name="base_vram", node=VRAMConfig)
+    cs.store(name="base_serve", node=ServeCommand)
+    cs.store(name="base_annotate", node=AnnotateCommand)
+    cs.store(name="base_review", node=ReviewCommand)
 
 
 def as_dataclass(schema, node):

@@ -13,7 +13,7 @@ from vlmchallenge.workflows import command_line_overrides, export
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    out = export(cfg.ckpt, cfg.paths.data_dir, cfg.out_dir, command_line_overrides())
+    out = export(cfg.ckpt, cfg.out_dir, command_line_overrides())
     print_locations({"export": out})
 
 

@@ -1,7 +1,7 @@
 """`python -m vlmchallenge.review annotation=<annotate output>`: review and correct an annotated recording in the
 browser (vlmchallenge/reviewing/); `export_dir=... input=...` annotates first (annotate's options, with its
 progress bar); `export_session=<root>/<user>/<session>` writes the reviewed recording as an OpenPack session for
-`prepare`, then exits (conf/review.yaml). The model stack is imported only when a recording is annotated first,
+`prepare`, then exits (conf/review.yaml over `conf_schema.ReviewCommand`). The model stack is imported only when a recording is annotated first,
 so reviewing a finished annotation starts in a couple of seconds."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
 from vlmchallenge.reviewing.footage import Footage
 from vlmchallenge.reviewing.page_server import serve_review
 from vlmchallenge.reviewing.review_folder import ReviewFolder

@@ -122,7 +122,7 @@ def export_trained(parts: Components, best_checkpoint: str | None, out_dir: Path
             raise ValueError(
                 "export under FSDP needs a checkpoint to rebuild from; enable the model checkpoint"
             )
-        return export(best_checkpoint, parts.settings.data_dir, out_dir)
+        return export(best_checkpoint, out_dir)
     return export_components(parts, out_dir)
 
 
@@ -186,13 +186,12 @@ def default_export_dir(ckpt: Path) -> Path:
     return ckpt.with_name(f"{ckpt.stem}-export")
 
 
-def export(
-    ckpt: str | Path, data_dir: str, out_dir: str | Path | None = None, overrides: list[str] = ()
-) -> Path:
-    """A training checkpoint alone (it carries its settings) -> one export folder."""
+def export(ckpt: str | Path, out_dir: str | Path | None = None, overrides: list[str] = ()) -> Path:
+    """A training checkpoint alone (it carries its settings) -> one export folder. No data is read: the data
+    settings travel only as what the export records (the sampler, the clips)."""
     ckpt = Path(ckpt)
     saved = load_checkpoint(ckpt)  # read once: settings and weights
-    parts = assemble(settings_from_checkpoint(ckpt, data_dir, overrides, saved), "export")
+    parts = assemble(settings_from_checkpoint(ckpt, None, overrides, saved), "export")
     module = parts.module
     module.configure_model()
     result = module.load_state_dict(saved["state_dict"], strict=False)
@@ -246,25 +245,18 @@ def annotate(cfg: DictConfig) -> dict:
     from rich.console import Console
 
     from vlmchallenge.data.video_origin import parse_time
-    from vlmchallenge.inference.annotator import AnnotateSettings, RecordingAnnotator, annotate_progress
+    from vlmchallenge.inference.annotate_settings import AnnotateSettings
+    from vlmchallenge.inference.annotator import RecordingAnnotator, annotate_progress
     from vlmchallenge.inference.engine import VLMInference
     from vlmchallenge.inference.prediction_outputs import write_outputs
-    from vlmchallenge.inference.recordings import open_recording, reopen_args
+    from vlmchallenge.inference.recordings import RecordingOptions, open_recording, reopen_args
     from vlmchallenge.inference.segments import Smoothing
 
     smoothing = Smoothing(**cfg.smoothing)
     smoothing.validate()  # before anything loads
     start, end = parse_time(cfg.start, "start"), parse_time(cfg.end, "end")
-    recording = open_recording(
-        cfg.input,
-        cfg.kind,
-        cfg.user,
-        cfg.session,
-        cfg.source,
-        cfg.video_pattern,
-        cfg.video_time_origin,
-        cfg.ground_truth,
-    )
+    options = RecordingOptions.of(cfg)
+    recording = open_recording(options)
     inference = VLMInference(cfg.export_dir, cfg.device)
     settings = AnnotateSettings(cfg.window_s, cfg.stride_s, cfg.min_frames, cfg.batch_size)
     annotator = RecordingAnnotator(inference, settings)
@@ -286,7 +278,7 @@ def annotate(cfg: DictConfig) -> dict:
             "input": str(cfg.input),
             "kind": recording.kind,
             "model": model,
-            "recording": reopen_args(cfg, recording),
+            "recording": reopen_args(options, recording),
         },
     )
     print_locations({"outputs": out, "operations": out / "operations.csv", "timeline": out / "timeline.png"})

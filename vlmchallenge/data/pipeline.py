@@ -148,15 +148,14 @@ def prepare(
         )
     out_dir = cfg.resolved_out_dir(data_dir)
     if cfg.is_subset:  # the jobs of one plan write disjoint sessions into one folder at once, by design
-        return _build_shards(cfg, out_dir, data_dir, progress, t0)
+        return _build_shards(cfg, out_dir, progress, t0)
     with build_lock(out_dir):  # two runs on one data folder: the second reuses what the first wrote
-        return _build_shards(cfg, out_dir, data_dir, progress, t0)
+        return _build_shards(cfg, out_dir, progress, t0)
 
 
 def _build_shards(
     cfg: DataConfig,
     out_dir: Path,
-    data_dir: str | Path,
     progress: Callable[[SessionResult, int], None] | None,
     t0: float,
 ) -> PrepareResult:

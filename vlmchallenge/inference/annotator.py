@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from vlmchallenge.data.clip_builder import ClipConfig, frames_in
+from vlmchallenge.data.clip_builder import frames_in
 from vlmchallenge.data.frame_sampler import SessionFrameCache
 from vlmchallenge.data.frame_source import FrameReader, FrameSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.evaluation.seconds import Timeline, recording_timeline, seconds_grid
+from vlmchallenge.inference.annotate_settings import AnnotateSettings
 from vlmchallenge.inference.engine import BadInput, VLMInference
 
 # A second's prediction is made at its end: the instant its 1-Hz ground-truth label describes (module docstring).
@@ -81,29 +82,6 @@ class _ImageListReader(FrameReader):
             return image.convert("RGB")
         except OSError as e:
             raise BadInput(f"frame {index}: cannot be decoded ({e})") from None
-
-
-@dataclass
-class AnnotateSettings:
-    window_s: float | None = None  # None: the export's clips.window_s
-    stride_s: float | None = None
-    min_frames: int | None = None
-    batch_size: int = 8
-
-    def resolved(self, export_clips: ClipConfig) -> AnnotateSettings:
-        out = AnnotateSettings(
-            self.window_s if self.window_s is not None else float(export_clips.window_s),
-            self.stride_s if self.stride_s is not None else float(export_clips.stride_s),
-            self.min_frames if self.min_frames is not None else int(export_clips.min_frames),
-            self.batch_size,
-        )
-        if out.window_s <= 0 or out.stride_s <= 0:
-            raise ValueError(f"window_s and stride_s must be > 0, got {out.window_s}, {out.stride_s}")
-        if out.min_frames < 1 or out.batch_size < 1:
-            raise ValueError(
-                f"min_frames and batch_size must be >= 1, got {out.min_frames}, {out.batch_size}"
-            )
-        return out
 
 
 @dataclass

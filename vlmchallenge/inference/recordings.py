@@ -3,8 +3,11 @@ opened as a `FrameSource` with unix-ms frame times, plus the session's 1-Hz grou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
 
 from vlmchallenge.data.annotation_parser import (
     SESSION_ID,
@@ -41,20 +44,44 @@ class Recording:
         return f"{self.user}-{self.session}"
 
 
-def reopen_args(cfg, recording: Recording) -> dict:
-    """The `open_recording` arguments that open `recording` again from anywhere (annotate.json's `recording`:
-    the review page finds the footage and the ground truth with them)."""
-    truth = cfg.ground_truth and str(Path(cfg.ground_truth).resolve())
-    return {
-        "input": str(Path(cfg.input).resolve()),
-        "kind": recording.kind,
-        "user": recording.user,
-        "session": recording.session,
-        "source": cfg.source,
-        "video_pattern": cfg.video_pattern,
-        "video_time_origin": cfg.video_time_origin,
-        "ground_truth": truth,
-    }
+@dataclass
+class RecordingOptions:
+    """How `annotate` opens a recording: its settings, each with its one default (the annotate and review
+    commands take them as they are, conf_schema.py)."""
+
+    input: str = MISSING  # an OpenPack root (with user + session), a JPEG frame folder, or a video file
+    kind: str = (
+        "auto"  # auto | openpack | frames | video (auto: openpack with user+session, a folder: frames)
+    )
+    user: str | None = None  # openpack: the session; other inputs: the ids written (default U0000/S0000)
+    session: str | None = None
+    source: str = "frames"  # openpack sessions, as in prepare: frames | video (video_pattern)
+    video_pattern: str = "{root}/{user}/video/{session}.mp4"
+    # creation_time | first_annotation (openpack) | the first frame's time: unix ms or ISO with offset
+    video_time_origin: Any = "creation_time"
+    ground_truth: str | None = None  # a 1-Hz CSV to score against; an OpenPack session brings its own
+
+    @classmethod
+    def of(cls, cfg) -> RecordingOptions:
+        """These settings picked out of a command's config (annotate's or review's)."""
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+
+def reopen_args(options: RecordingOptions, recording: Recording) -> dict:
+    """The `RecordingOptions` that open `recording` again from anywhere (annotate.json's `recording`: the
+    review page finds the footage and the ground truth with them)."""
+    truth = options.ground_truth and str(Path(options.ground_truth).resolve())
+    again = RecordingOptions(
+        str(Path(options.input).resolve()),
+        recording.kind,
+        recording.user,
+        recording.session,
+        options.source,
+        options.video_pattern,
+        options.video_time_origin,
+        truth,
+    )
+    return asdict(again)
 
 
 def check_openpack_ids(user: str, session: str) -> None:
@@ -65,21 +92,13 @@ def check_openpack_ids(user: str, session: str) -> None:
         )
 
 
-def open_recording(
-    input: str | Path,
-    kind: str = "auto",
-    user: str | None = None,
-    session: str | None = None,
-    source: str = "frames",
-    video_pattern: str = "{root}/{user}/video/{session}.mp4",
-    video_time_origin="creation_time",
-    ground_truth: str | Path | None = None,
-) -> Recording:
+def open_recording(options: RecordingOptions) -> Recording:
     """`kind=openpack`: `input` is an OpenPack v1.0.0 root, `user`/`session` the session (frames or a video
     as `source`/`video_pattern`/`video_time_origin` say, like prepare); `frames`: a JPEG folder named by JST
     ms; `video`: a file whose frame times are `video_time_origin` (its creation_time, or a time) + PTS.
     `auto` picks openpack when user and session are given, else frames for a folder and video for a file."""
-    path = Path(input)
+    kind, user, session, ground_truth = options.kind, options.user, options.session, options.ground_truth
+    path = Path(options.input)
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if not path.exists():
@@ -100,7 +119,9 @@ def open_recording(
                 f"{session}.csv (found {', '.join(f'{u}/{s}' for u, s in sorted(refs))})"
             )
         ann = parse_operations_csv(ref.operations_csv)
-        frames = open_source(ref, ann, source, path, video_pattern, str(video_time_origin))
+        frames = open_source(
+            ref, ann, options.source, path, options.video_pattern, str(options.video_time_origin)
+        )
         if truth is None and ref.operations_1hz_csv is not None:
             truth = parse_operations_1hz_csv(ref.operations_1hz_csv)
         return Recording(kind, frames, user, session, truth)
@@ -112,7 +133,7 @@ def open_recording(
         raise ValueError(f"kind=video: {path} is a folder; expected a video file")
     return Recording(
         kind,
-        VideoFileSource(path, video_origin_ms(path, video_time_origin, "video_time_origin")),
+        VideoFileSource(path, video_origin_ms(path, options.video_time_origin, "video_time_origin")),
         user,
         session,
         truth,

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from vlmchallenge.data.annotation_parser import SecondLabels
-from vlmchallenge.inference.recordings import Recording, open_recording
+from vlmchallenge.inference.recordings import Recording, RecordingOptions, open_recording
 
 THUMBNAIL_WIDTH = 640  # px: sharp enough to tell the operations apart, small enough to scrub through
 THUMBNAILS_CACHED = 512  # ~30 kB each: about 15 MB for the frames most recently looked at
@@ -23,7 +23,7 @@ THUMBNAILS_CACHED = 512  # ~30 kB each: about 15 MB for the frames most recently
 class Footage:
     def __init__(self, recording_args: dict, annotation: str = "annotate.json"):
         try:
-            self.recording: Recording = open_recording(**recording_args)
+            self.recording: Recording = open_recording(RecordingOptions(**recording_args))
         except (OSError, ValueError) as e:  # moved, deleted or changed since it was annotated
             raise FileNotFoundError(
                 f"{annotation}: the recording it annotated cannot be opened ({e}); its 'recording' field says "

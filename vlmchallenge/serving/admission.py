@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class AdmissionControl:
-    def __init__(self, app: ASGIApp, max_queue: int, timeout_s: float | None, retry_after_s: int = 1):
+    def __init__(self, app: ASGIApp, max_queue: int, timeout_s: float | None, retry_after_s: int):
         if max_queue < 1:
             raise ValueError(f"max_queue: expected at least 1, got {max_queue}")
         self.app, self.max_queue, self.timeout_s, self.retry_after_s = (
@@ -75,7 +75,7 @@ class AdmissionControl:
             )
             if not started:  # once a response has begun, only closing the connection is left
                 late = JSONResponse(
-                    {"detail": f"no answer within {self.timeout_s} s (timeout)"}, status_code=504
+                    {"detail": f"no answer within {self.timeout_s:g} s (timeout)"}, status_code=504
                 )
                 await late(scope, receive, send)
         finally:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vlmchallenge.data.frame_source import FrameSource, VideoFileSource
 from vlmchallenge.data.jst_time import unix_ms_to_iso
 from vlmchallenge.data.video_origin import video_origin_ms
-from vlmchallenge.inference.annotator import AnnotateSettings, InMemoryFrames, RecordingAnnotator
+from vlmchallenge.inference.annotate_settings import AnnotateSettings
+from vlmchallenge.inference.annotator import InMemoryFrames, RecordingAnnotator
 from vlmchallenge.inference.engine import BadInput, decode_image
 from vlmchallenge.inference.prediction_outputs import (
     metadata,
@@ -33,11 +34,11 @@ from vlmchallenge.serving.api import (
     IMAGE,
     VIDEO,
     ExportBackedAPI,
-    ServeLimits,
     b64bytes,
     client_error,
     exactly_one_of,
 )
+from vlmchallenge.serving.settings import ServeLimits
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ class RecordingAnnotatorAPI(ExportBackedAPI, ls.LitAPI):
     def __init__(
         self,
         export_dir: str,
-        device: str = "auto",
-        limits: ServeLimits | None = None,
-        api_key: str | None = None,
-        batch_size: int = 8,
-        decode_threads: int | None = None,
+        device: str,
+        limits: ServeLimits,
+        api_key: str | None,
+        batch_size: int,
+        decode_threads: int | None,
     ):
         super().__init__(api_path="/annotate")
         self.serve_export(export_dir, device, limits, api_key, decode_threads)

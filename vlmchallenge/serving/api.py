@@ -10,7 +10,7 @@ import base64
 import binascii
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event
 from typing import Annotated
 
@@ -20,21 +20,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from vlmchallenge.inference.engine import BadInput, VLMInference, decode_image, decode_video
+from vlmchallenge.serving.settings import ServeLimits
 from vlmchallenge.serving.shutdown import leave_stop_signals_to_main
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeLimits:
-    max_frames_per_clip: int = 64
-    max_clips_per_request: int = 16
-    max_video_frames_read: int = 600
-    max_frame_pixels: int = 1920 * 1080
-    max_recording_s: float = (
-        1800.0  # POST /annotate: span of one recording (an OpenPack session is 20-30 min)
-    )
-    max_recording_frames: int = 30_000  # POST /annotate: frames (or video frames) of one recording
 
 
 def exactly_one_of(*groups: tuple[str, ...], optional: tuple[str, ...] = ()):
@@ -117,13 +106,13 @@ class ExportBackedAPI:
         self,
         export_dir: str,
         device: str,
-        limits: ServeLimits | None,
+        limits: ServeLimits,
         api_key: str | None,
-        decode_threads: int | None = None,
+        decode_threads: int | None,
     ) -> None:
         """What every API's constructor records (the engine itself is built per worker, in `setup`)."""
         self.export_dir, self.device_name = export_dir, device
-        self.limits, self.api_key = limits or ServeLimits(), api_key
+        self.limits, self.api_key = limits, api_key
         self.decode_threads = decode_threads
 
     def setup(self, device) -> None:
@@ -232,6 +221,29 @@ def chat_frame_urls(body: dict) -> list[str]:
     return urls
 
 
+@dataclass
+class PredictJob:
+    """One `/predict` request on its way through LitServe's hooks (decode_request -> batch -> predict ->
+    unbatch -> encode_response): its clips opened, then decoded, then scored, or the error that answers it."""
+
+    multi: bool  # asked with `clips` (answered with `predictions`), not one clip
+    top_k: int | None
+    opened: list[list] = field(default_factory=list)  # per clip: its frames, checked but not yet decoded
+    clips: list = field(default_factory=list)  # per clip: the engine's prepared input
+    error: BadInput | None = None  # answered as its own 422, whatever the rest of its batch does
+    results: list[dict] = field(default_factory=list)  # per clip: label and probabilities
+    batch_size: int = 1  # how many requests shared its batch (the X-Batch-Size header)
+
+
+@dataclass
+class PredictBatch:
+    """The requests LitServe gathered into one dynamic batch, scored in one forward pass."""
+
+    clips: list
+    jobs: list[PredictJob]
+    results: list[dict] = field(default_factory=list)
+
+
 class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
     """`POST /predict`. With dynamic batching (`max_batch_size` > 1) the chosen frames of every request in a
     batch are decoded together in the engine's thread pool, and a bad request is answered its own 422 while the
@@ -241,30 +253,30 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
     def __init__(
         self,
         export_dir: str,
-        device: str = "auto",
-        limits: ServeLimits | None = None,
-        api_key: str | None = None,
-        max_batch_size: int = 8,
-        batch_timeout: float = 0.01,
-        decode_threads: int | None = None,
+        device: str,
+        limits: ServeLimits,
+        api_key: str | None,
+        max_batch_size: int,
+        batch_timeout: float,
+        decode_threads: int | None,
     ):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
         self.serve_export(export_dir, device, limits, api_key, decode_threads)
 
-    def decode_request(self, request: PredictRequest) -> dict:  # the annotation is the request schema
+    def decode_request(self, request: PredictRequest) -> PredictJob:  # the annotation is the request schema
         """The request's clips checked and opened; decoded here only when unbatched (LitServe then calls
         neither `batch` nor `unbatch`), else with the rest of the batch in `batch`."""
-        x = {"multi": request.clips is not None, "top_k": request.top_k}
+        job = PredictJob(multi=request.clips is not None, top_k=request.top_k)
         try:
-            x["opened"] = self._opened_request(request)
+            job.opened = self._opened_request(request)
         except BadInput as e:
-            x["error"] = e
+            job.error = e
         if self.max_batch_size > 1:
-            return x
-        (x,) = self._decoded([x])
-        if "error" in x:
-            raise client_error(x["error"])
-        return x
+            return job
+        self._decode([job])
+        if job.error is not None:
+            raise client_error(job.error)
+        return job
 
     def _opened_request(self, request: PredictRequest) -> list[list]:
         if request.clips is None:
@@ -277,58 +289,48 @@ class ClipClassifierAPI(ExportBackedAPI, ls.LitAPI):
             )
         return [self._opened_clip(c.frames, c.video, f"clips[{i}]") for i, c in enumerate(request.clips)]
 
-    def _decoded(self, requests: list[dict]) -> list[dict]:
-        """Every clip of `requests` decoded at once: per request its `clips`, or the `error` of its first bad
+    def _decode(self, jobs: list[PredictJob]) -> None:
+        """Every clip of `jobs` decoded at once: each job gets its `clips`, or the `error` of its first bad
         clip."""
-        flat = [clip for x in requests if "error" not in x for clip in x["opened"]]
+        flat = [clip for job in jobs if job.error is None for clip in job.opened]
         prepared = iter(self.engine.prepare_clips(flat))
-        out = []
-        for x in requests:
-            request = {"multi": x["multi"], "top_k": x["top_k"]}
-            if "error" in x:
-                out.append({**request, "error": x["error"]})
+        for job in jobs:
+            if job.error is not None:
                 continue
-            clips = [next(prepared) for _ in x["opened"]]
+            clips = [next(prepared) for _ in job.opened]
             bad = next((i for i, c in enumerate(clips) if isinstance(c, BadInput)), None)
             if bad is None:
-                out.append({**request, "clips": clips})
+                job.clips = clips
             else:
-                where = f"clips[{bad}]" if x["multi"] else "request"
-                out.append({**request, "error": BadInput(f"{where}: {clips[bad]}")})
-        return out
+                job.error = BadInput(f"{f'clips[{bad}]' if job.multi else 'request'}: {clips[bad]}")
 
-    def batch(self, inputs: list[dict]) -> dict:
-        requests = self._decoded(inputs)
-        return {"clips": [c for x in requests for c in x.get("clips", [])], "requests": requests}
+    def batch(self, inputs: list[PredictJob]) -> PredictBatch:
+        self._decode(inputs)
+        return PredictBatch([c for job in inputs for c in job.clips], inputs)
 
-    def predict(self, x: dict) -> dict:
-        results = self.engine.predict_batch(x["clips"]) if x["clips"] else []
-        if "requests" in x:  # a dynamic batch of several requests
-            return {"results": results, "requests": x["requests"]}
-        return {**x, "results": results, "batch_size": 1}
+    def predict(self, x: PredictJob | PredictBatch) -> PredictJob | PredictBatch:
+        x.results = self.engine.predict_batch(x.clips) if x.clips else []
+        return x
 
-    def unbatch(self, output: dict) -> list[dict]:
-        results, out, size = iter(output["results"]), [], len(output["requests"])
-        for request in output["requests"]:
-            if "error" in request:
-                out.append({**request, "batch_size": size})
-            else:
-                out.append(
-                    {**request, "results": [next(results) for _ in request["clips"]], "batch_size": size}
-                )
-        return out
+    def unbatch(self, output: PredictBatch) -> list[PredictJob]:
+        results = iter(output.results)
+        for job in output.jobs:
+            job.batch_size = len(output.jobs)
+            if job.error is None:
+                job.results = [next(results) for _ in job.clips]
+        return output.jobs
 
-    def encode_response(self, output: dict) -> PredictResponse:  # the annotation is the response schema
+    def encode_response(self, output: PredictJob) -> PredictResponse:  # the annotation is the response schema
         # how many requests shared this one's batch (dynamic batching, docs/serving.md §7)
-        headers = {"X-Batch-Size": str(output["batch_size"])}
-        if "error" in output:  # one bad request of a batch: its 422 as an answer, not an exception
-            return client_error_response(output["error"], headers)
-        results = output["results"]
-        if output.get("top_k"):
+        headers = {"X-Batch-Size": str(output.batch_size)}
+        if output.error is not None:  # one bad request of a batch: its 422 as an answer, not an exception
+            return client_error_response(output.error, headers)
+        results = output.results
+        if output.top_k:
             for r in results:
-                top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: output["top_k"]]
+                top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[: output.top_k]
                 r["probabilities"] = dict(top)
-        if output["multi"]:
+        if output.multi:
             answer = PredictResponse(predictions=[ClassResult(**r) for r in results])
         else:
             answer = PredictResponse(prediction=ClassResult(**results[0]))
@@ -343,10 +345,10 @@ class ChatClassifierAPI(ExportBackedAPI, ls.LitAPI):
     def __init__(
         self,
         export_dir: str,
-        device: str = "auto",
-        limits: ServeLimits | None = None,
-        api_key: str | None = None,
-        decode_threads: int | None = None,
+        device: str,
+        limits: ServeLimits,
+        api_key: str | None,
+        decode_threads: int | None,
     ):
         super().__init__(spec=ls.OpenAISpec())
         self.serve_export(export_dir, device, limits, api_key, decode_threads)

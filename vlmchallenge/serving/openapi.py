@@ -17,8 +17,8 @@ from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 
-from vlmchallenge.serving.api import ServeLimits
 from vlmchallenge.serving.errors import ErrorResponse
+from vlmchallenge.serving.settings import ServeLimits
 
 ERROR_STATUSES = {  # what every POST route may answer besides 200, and why
     "400": "the body cannot be parsed at all (e.g. not UTF-8)",
