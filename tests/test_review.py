@@ -412,6 +412,10 @@ def test_a_save_that_breaks_a_rule_is_refused_naming_the_field(folder):
         for field, segments in bad.items():
             answer = httpx.post(url + "/api/save", json={"segments": segments, "edits": []})
             assert answer.status_code == 422 and field in answer.json()["detail"], (field, answer.text)
+        broken = httpx.post(
+            url + "/api/save", content=b'{"segments": [', headers={"content-type": "application/json"}
+        )
+        assert broken.status_code == 422 and "body: not JSON" in broken.json()["detail"], broken.text
         whole = [{"id": 100, "start_ms": first, "end_ms": end}]
         ok = httpx.post(url + "/api/save", json={"segments": whole, "edits": [{}], "edits_saved": 0})
         assert ok.status_code == 200

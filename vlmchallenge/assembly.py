@@ -210,6 +210,23 @@ class Components:
     trainer: pl.Trainer | None = None
 
 
+def stage_datamodule(
+    settings: RunSettings, stage: str, processor, prompt: PromptBuilder, test_split: str
+) -> ShardDataModule:
+    """The shards a stage reads, batched for it (the training collator only when fitting)."""
+    if settings.data_dir is None:
+        raise ValueError(f"the {stage} stage reads data: its settings need a data_dir (paths.data_dir)")
+    return ShardDataModule(
+        settings.data,
+        settings.dataloader,
+        settings.data_dir,
+        seed=settings.seed,
+        test_split=test_split,
+        train_collate=TrainCollator(processor, prompt) if stage == "fit" else None,
+        eval_collate=PromptCollator(processor, prompt),
+    )
+
+
 def assemble(
     settings: RunSettings,
     stage: str,
@@ -240,19 +257,9 @@ def assemble(
     check_family(settings, family, trainer)
     processor = load_processor(resolve_pretrained(settings.model), settings.data.sampler, family)
     prompt = settings.class_prompt(family)
-    datamodule = None
-    if stage != "export":
-        if settings.data_dir is None:
-            raise ValueError(f"the {stage} stage reads data: its settings need a data_dir (paths.data_dir)")
-        datamodule = ShardDataModule(
-            settings.data,
-            settings.dataloader,
-            settings.data_dir,
-            seed=settings.seed,
-            test_split=test_split,
-            train_collate=TrainCollator(processor, prompt) if stage == "fit" else None,
-            eval_collate=PromptCollator(processor, prompt),
-        )
+    datamodule = (
+        None if stage == "export" else stage_datamodule(settings, stage, processor, prompt, test_split)
+    )
     module = VLMClassifier(
         settings.model,
         family,

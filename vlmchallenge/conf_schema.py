@@ -1,8 +1,9 @@
 """Register the structured-config schemas in Hydra's ConfigStore.
 
 The dataclasses are the one source of every default: each YAML of a group lists its `base_<group>` schema
-first and then holds only what differs, so a typo or a wrong type fails at startup with the offending key,
-before any data or model is touched. Import this before `@hydra.main` / `compose`.
+first, and `serve.yaml`, `annotate.yaml` and `review.yaml` their command's (`base_serve`, `base_annotate`,
+`base_review`); each then holds only what differs, so a typo or a wrong type fails at startup with the offending
+key, before any data or model is touched. Import this before `@hydra.main` / `compose`.
 """
 
 from dataclasses import dataclass, field

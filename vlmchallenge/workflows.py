@@ -48,6 +48,35 @@ class TrainResult:
     export_dir: Path | None = None
 
 
+def resume_from(cfg: DictConfig) -> str | None:
+    """`ckpt_path` as given, or for `ckpt_path=last` the newest checkpoint of an earlier run of this task."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == "last":
+        ckpt_path = str(
+            find_latest_checkpoint(cfg.paths.log_dir, cfg.task_name, exclude=cfg.paths.output_dir)
+        )
+        rank_zero_info(f"resuming from {ckpt_path}")
+    return ckpt_path
+
+
+def test_and_report(result: TrainResult, ckpt_path: str | None, output_dir: str) -> None:
+    """Test `ckpt_path` (the best checkpoint of this run), then rank 0 writes the evaluator's report of it."""
+    parts = result.components
+    trainer, module, datamodule = parts.trainer, parts.module, parts.datamodule
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    result.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    if not trainer.fast_dev_run and trainer.is_global_zero:
+        result.report_dir = Path(output_dir) / "eval"
+        report = build_report(
+            module.test_predictions,
+            parts.prompt.class_names,
+            parts.settings.data,
+            result.report_dir,
+            shard_dir=datamodule.out_dir,
+        )
+        result.metrics["test/openpack_f1_macro"] = report["openpack_official"]["f1_macro"]
+
+
 def train(cfg: DictConfig) -> TrainResult:
     """Fit (resuming when `ckpt_path` is set), test the best checkpoint into a report, export it. Every rank
     runs this; only rank 0 writes the report and the export."""
@@ -64,35 +93,16 @@ def train(cfg: DictConfig) -> TrainResult:
     for lg in parts.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path == "last":
-        ckpt_path = str(
-            find_latest_checkpoint(cfg.paths.log_dir, cfg.task_name, exclude=cfg.paths.output_dir)
-        )
-        rank_zero_info(f"resuming from {ckpt_path}")
-
+    ckpt_path = resume_from(cfg)
     result = TrainResult({}, parts)
     if cfg.get("train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         result.metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     result.best_checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     if cfg.get("test"):
-        trainer.test(
-            module, datamodule=datamodule, ckpt_path=result.best_checkpoint if cfg.get("train") else ckpt_path
+        test_and_report(
+            result, result.best_checkpoint if cfg.get("train") else ckpt_path, cfg.paths.output_dir
         )
-        result.metrics.update(
-            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        )
-        if not trainer.fast_dev_run and trainer.is_global_zero:  # the evaluator's report for the test stage
-            result.report_dir = Path(cfg.paths.output_dir) / "eval"
-            report = build_report(
-                module.test_predictions,
-                parts.prompt.class_names,
-                parts.settings.data,
-                result.report_dir,
-                shard_dir=datamodule.out_dir,
-            )
-            result.metrics["test/openpack_f1_macro"] = report["openpack_official"]["f1_macro"]
     if cfg.get("export") and not trainer.fast_dev_run and trainer.is_global_zero:
         result.export_dir = export_trained(
             parts, result.best_checkpoint, Path(cfg.paths.output_dir) / "export"

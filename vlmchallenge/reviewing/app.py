@@ -108,7 +108,10 @@ def review_app(folder: ReviewFolder, footage: Footage, api_key: str | None = Non
 
     @app.post("/api/save")
     async def save(request: Request) -> dict:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError as e:  # a truncated or garbled body is the client's error, not the server's
+            raise HTTPException(422, f"body: not JSON ({e})") from None
         if not isinstance(body, dict):
             raise HTTPException(422, 'body: expected {"segments": [...], "edits": [...]}')
         edits = body.get("edits", [])
