@@ -57,9 +57,8 @@ class ReviewCommand(AnnotateCommand):
     host: str = "127.0.0.1"  # loopback by default; beyond it the page needs api_key (it writes files)
     port: int = 8765  # 0: any free port (the printed URL says which)
     api_key: str | None = None  # review.yaml reads it from the env, as serve does
-    export_session: str | None = (
-        None  # <root>/<user>/<session>: write it there as an OpenPack session, then exit
-    )
+    # <root>/<user>/<session>: write the reviewed recording there as an OpenPack session, then exit
+    export_session: str | None = None
     task_name: str = "review"
 
 

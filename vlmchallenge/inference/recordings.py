@@ -3,7 +3,7 @@ opened as a `FrameSource` with unix-ms frame times, plus the session's 1-Hz grou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,8 @@ class RecordingOptions:
     commands take them as they are, conf_schema.py)."""
 
     input: str = MISSING  # an OpenPack root (with user + session), a JPEG frame folder, or a video file
-    kind: str = (
-        "auto"  # auto | openpack | frames | video (auto: openpack with user+session, a folder: frames)
-    )
+    # auto | openpack | frames | video (auto: openpack with user + session, else a folder: frames, a file: video)
+    kind: str = "auto"
     user: str | None = None  # openpack: the session; other inputs: the ids written (default U0000/S0000)
     session: str | None = None
     source: str = "frames"  # openpack sessions, as in prepare: frames | video (video_pattern)
@@ -70,16 +69,13 @@ class RecordingOptions:
 def reopen_args(options: RecordingOptions, recording: Recording) -> dict:
     """The `RecordingOptions` that open `recording` again from anywhere (annotate.json's `recording`: the
     review page finds the footage and the ground truth with them)."""
-    truth = options.ground_truth and str(Path(options.ground_truth).resolve())
-    again = RecordingOptions(
-        str(Path(options.input).resolve()),
-        recording.kind,
-        recording.user,
-        recording.session,
-        options.source,
-        options.video_pattern,
-        options.video_time_origin,
-        truth,
+    again = replace(
+        options,
+        input=str(Path(options.input).resolve()),
+        kind=recording.kind,
+        user=recording.user,
+        session=recording.session,
+        ground_truth=options.ground_truth and str(Path(options.ground_truth).resolve()),
     )
     return asdict(again)
 
