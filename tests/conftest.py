@@ -30,6 +30,12 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """This test's `paths.data_dir`: the library takes it from its caller, never from a default of its own."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
 def data_cfg(synthetic_root, tmp_path) -> DataConfig:
     """Prepare settings over the shared synthetic tree, writing shards under this test's tmp dir."""
     return DataConfig(

@@ -55,8 +55,8 @@ def predictions_from_shards(out_dir: Path) -> list[ClipPrediction]:
     return predictions
 
 
-def test_prepare_copies_each_sessions_1hz_ground_truth_and_lists_it(own_tree):
-    result = prepare(own_tree)
+def test_prepare_copies_each_sessions_1hz_ground_truth_and_lists_it(own_tree, data_dir):
+    result = prepare(own_tree, data_dir)
     for split, key in SESSIONS.items():
         source = raw_1hz(own_tree.root, key).read_bytes()
         copy = result.out_dir / split / f"{key}.operations-1hz.csv"
@@ -69,14 +69,16 @@ def test_prepare_copies_each_sessions_1hz_ground_truth_and_lists_it(own_tree):
     assert not list(result.out_dir.rglob("*.tmp"))
 
 
-def test_the_official_score_from_the_shards_alone_equals_the_one_from_the_raw_tree(own_tree, tmp_path):
-    out_dir = prepare(own_tree).out_dir
+def test_the_official_score_from_the_shards_alone_equals_the_one_from_the_raw_tree(
+    own_tree, tmp_path, data_dir
+):
+    out_dir = prepare(own_tree, data_dir).out_dir
     predictions = predictions_from_shards(out_dir)
     with_raw = build_report(predictions, OPERATION_NAMES, own_tree, tmp_path / "raw_report")
     shutil.rmtree(own_tree.root)
 
     # what an evaluation run does first (datamodule.prepare_data): the finished folder is used as it is
-    reused = prepare(own_tree)
+    reused = prepare(own_tree, data_dir)
     assert reused.out_dir == out_dir and reused.manifest["splits"]["test"]["sessions"] == ["U9003-S0100"]
     alone = build_report(predictions, OPERATION_NAMES, own_tree, tmp_path / "shard_report", shard_dir=out_dir)
     official = alone["openpack_official"]
@@ -85,9 +87,9 @@ def test_the_official_score_from_the_shards_alone_equals_the_one_from_the_raw_tr
     assert sorted(official["per_session"]) == sorted(SESSIONS.values())
 
 
-def test_a_session_prepared_without_1hz_file_is_recorded_null_and_cannot_be_scored(own_tree):
+def test_a_session_prepared_without_1hz_file_is_recorded_null_and_cannot_be_scored(own_tree, data_dir):
     raw_1hz(own_tree.root, "U9003-S0100").unlink()
-    out_dir = prepare(own_tree).out_dir
+    out_dir = prepare(own_tree, data_dir).out_dir
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["splits"]["test"]["ground_truth_1hz"] == {"U9003-S0100": None}
     assert json.loads((out_dir / "test" / "U9003-S0100.done.json").read_text())["ground_truth_1hz"] is None
@@ -99,8 +101,8 @@ def test_a_session_prepared_without_1hz_file_is_recorded_null_and_cannot_be_scor
         session_seconds(test_clips, [c.id for c in OPENPACK_OPERATIONS], own_tree, out_dir)
 
 
-def test_an_altered_copy_is_refused_by_its_checksum(own_tree):
-    out_dir = prepare(own_tree).out_dir
+def test_an_altered_copy_is_refused_by_its_checksum(own_tree, data_dir):
+    out_dir = prepare(own_tree, data_dir).out_dir
     copy = out_dir / "val" / "U9002-S0100.operations-1hz.csv"
     lines = copy.read_text().splitlines(keepends=True)
     copy.write_text("".join(lines[:-1]))  # one second short: still a valid CSV
@@ -108,8 +110,8 @@ def test_an_altered_copy_is_refused_by_its_checksum(own_tree):
         load_ground_truth_1hz(out_dir, "U9002-S0100")
 
 
-def test_the_ground_truth_is_served_from_a_shard_url(own_tree, tmp_path):
-    out_dir = prepare(own_tree).out_dir
+def test_the_ground_truth_is_served_from_a_shard_url(own_tree, tmp_path, data_dir):
+    out_dir = prepare(own_tree, data_dir).out_dir
     local = parse_operations_1hz_csv(raw_1hz(own_tree.root, "U9003-S0100"))
     with serve_directory(out_dir, tmp_path / "http.log") as url:
         served = load_ground_truth_1hz(url, "U9003-S0100")
@@ -119,12 +121,12 @@ def test_the_ground_truth_is_served_from_a_shard_url(own_tree, tmp_path):
     assert (served.unixtime_ms, served.op_ids) == (local.unixtime_ms, local.op_ids)
 
 
-def test_merge_refuses_a_ground_truth_copy_that_differs_from_its_marker(own_tree):
-    prepare(dataclasses.replace(own_tree, shard_of="0/1"))  # one subset job over every session
+def test_merge_refuses_a_ground_truth_copy_that_differs_from_its_marker(own_tree, data_dir):
+    prepare(dataclasses.replace(own_tree, shard_of="0/1"), data_dir)  # one subset job over every session
     copy = Path(own_tree.shards.out_dir) / "train" / "U9001-S0100.operations-1hz.csv"
     copy.write_bytes(copy.read_bytes().replace(b",100", b",200", 1))  # same size, another label
     with pytest.raises(FileNotFoundError, match=rf"ground-truth copies, checked by sha256.*: {copy};"):
-        merge_jobs(own_tree)
+        merge_jobs(own_tree, data_dir)
 
 
 def test_evaluating_a_checkpoint_without_the_raw_tree_gives_the_training_runs_score(two_class_run, tmp_path):

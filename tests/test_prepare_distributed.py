@@ -34,12 +34,12 @@ def index_files(out_dir: Path) -> list[str]:
     return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.json") if "done" not in p.name)
 
 
-def test_two_jobs_and_a_merge_equal_one_job(data_cfg, tmp_path):
-    one_job = prepare(data_cfg)
+def test_two_jobs_and_a_merge_equal_one_job(data_cfg, tmp_path, data_dir):
+    one_job = prepare(data_cfg, data_dir)
     jobs = subset(data_cfg, tmp_path / "jobs")
     assert subset(jobs, shard_of="1/2", sessions=["U9001/S0100"]).fingerprint() == data_cfg.fingerprint()
 
-    first = prepare(subset(jobs, shard_of="0/2"))
+    first = prepare(subset(jobs, shard_of="0/2"), data_dir)
     assert [r.key for r in first.sessions] == ["U9001-S0100", "U9003-S0100"]  # every 2nd, from the 1st
     assert first.manifest is None and index_files(first.out_dir) == []  # only shards and done-markers
     assert first.subset == "data.shard_of=0/2 of all: 2 of 3 sessions"
@@ -47,12 +47,12 @@ def test_two_jobs_and_a_merge_equal_one_job(data_cfg, tmp_path):
         RuntimeError,
         match=r"1 of 3 sessions have no done-marker .*: U9002-S0100; run data.sessions=\[U9002/S0100\]",
     ):
-        merge_jobs(jobs)
+        merge_jobs(jobs, data_dir)
     assert index_files(first.out_dir) == []  # a refused merge publishes nothing
 
-    second = prepare(subset(jobs, shard_of="1/2"))
+    second = prepare(subset(jobs, shard_of="1/2"), data_dir)
     assert [r.key for r in second.sessions] == ["U9002-S0100"]
-    merged = merge_jobs(jobs)
+    merged = merge_jobs(jobs, data_dir)
     reference = tree_bytes(one_job.out_dir)
     assert {"manifest.json", "train/shardindex.json", "val/shardindex.json", "test/shardindex.json"} < set(
         reference
@@ -61,57 +61,57 @@ def test_two_jobs_and_a_merge_equal_one_job(data_cfg, tmp_path):
     assert merged.manifest == one_job.manifest
 
 
-def test_merge_refuses_markers_of_other_settings_and_missing_shards(data_cfg):
-    prepare(subset(data_cfg, shard_of="0/1"))  # one subset job over every session
+def test_merge_refuses_markers_of_other_settings_and_missing_shards(data_cfg, data_dir):
+    prepare(subset(data_cfg, shard_of="0/1"), data_dir)  # one subset job over every session
     out = Path(data_cfg.shards.out_dir)
     marker = out / "val" / "U9002-S0100.done.json"
     intact = marker.read_text()
     marker.write_text(json.dumps({**json.loads(intact), "config_fingerprint": "0123456789abcdef"}))
     with pytest.raises(ValueError, match=rf"other data settings .*{marker} \(0123456789\)"):
-        merge_jobs(data_cfg)
+        merge_jobs(data_cfg, data_dir)
     marker.write_text(intact)
     shard = out / "test" / "U9003-S0100-000000.tar"
     shard.write_bytes(shard.read_bytes()[:-512])
     with pytest.raises(FileNotFoundError, match=rf"missing or of another size: {shard};"):
-        merge_jobs(data_cfg)
+        merge_jobs(data_cfg, data_dir)
     assert not (out / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("shard_of", ["2/2", "1", "-1/2", "a/b", "0/0"])
-def test_shard_of_must_read_i_of_n(data_cfg, shard_of):
+def test_shard_of_must_read_i_of_n(data_cfg, shard_of, data_dir):
     with pytest.raises(
         ValueError, match=rf"data.shard_of: expected 'i/n' with 0 <= i < n .* got '{shard_of}'"
     ):
-        prepare(subset(data_cfg, shard_of=shard_of))
+        prepare(subset(data_cfg, shard_of=shard_of), data_dir)
 
 
-def test_subset_and_merge_settings_are_checked(data_cfg):
+def test_subset_and_merge_settings_are_checked(data_cfg, data_dir):
     with pytest.raises(
         ValueError, match=r"data.sessions: expected entries like U0201/S0100 .* \['U9001-S0100'\]"
     ):
-        prepare(subset(data_cfg, sessions=["U9001-S0100"]))
+        prepare(subset(data_cfg, sessions=["U9001-S0100"]), data_dir)
     with pytest.raises(
         ValueError, match=r"data.sessions: U9009/S0100 not among .*; known: U9001/S0100, U9002"
     ):
-        prepare(subset(data_cfg, sessions=["U9001/S0100", "U9009/S0100"]))
+        prepare(subset(data_cfg, sessions=["U9001/S0100", "U9009/S0100"]), data_dir)
     no_test = dataclasses.replace(data_cfg, splits=dataclasses.replace(data_cfg.splits, test=[]))
     with pytest.raises(ValueError, match=r"U9003/S0100 not among .* \(U9003/S0100: user in no split\)"):
-        prepare(subset(no_test, sessions=["U9003/S0100"]))
+        prepare(subset(no_test, sessions=["U9003/S0100"]), data_dir)
     overwrite = dataclasses.replace(data_cfg.shards, overwrite=True)
     with pytest.raises(
         ValueError, match="deletes the whole output folder, which the other subset jobs share"
     ):
-        prepare(dataclasses.replace(data_cfg, shard_of="0/2", shards=overwrite))
+        prepare(dataclasses.replace(data_cfg, shard_of="0/2", shards=overwrite), data_dir)
     with pytest.raises(ValueError, match="would delete the jobs' output"):
-        merge_jobs(dataclasses.replace(data_cfg, shards=overwrite))
+        merge_jobs(dataclasses.replace(data_cfg, shards=overwrite), data_dir)
     with pytest.raises(
         ValueError, match="merge=true covers every session: drop data.sessions / data.shard_of"
     ):
-        merge_jobs(subset(data_cfg, shard_of="0/2"))
+        merge_jobs(subset(data_cfg, shard_of="0/2"), data_dir)
     with pytest.raises(ValueError, match="merge=true writes into a local data.shards.out_dir"):
-        merge_jobs(subset(data_cfg, "s3://bucket/shards"))
+        merge_jobs(subset(data_cfg, "s3://bucket/shards"), data_dir)
     with pytest.raises(FileNotFoundError, match="nothing to merge"):
-        merge_jobs(data_cfg)
+        merge_jobs(data_cfg, data_dir)
 
 
 def run_cli(run_dir: Path, overrides: list[str]):
@@ -155,7 +155,7 @@ def test_the_printed_merge_command_merges_the_jobs(synthetic_root, tmp_path, cap
     assert all(n > 0 for n in (summary["splits"][s]["nsamples"] for s in ("train", "val", "test")))
 
 
-def test_training_refuses_a_subset_job_s_settings(data_cfg):
+def test_training_refuses_a_subset_job_s_settings(data_cfg, data_dir):
     """A subset job's settings name part of a dataset; a run on them would train on whatever the last merge
     published, so the datamodule refuses them up front."""
     from vlmchallenge.training.config import DataLoaderConfig
@@ -163,4 +163,4 @@ def test_training_refuses_a_subset_job_s_settings(data_cfg):
 
     data_cfg.shard_of = "0/2"
     with pytest.raises(ValueError, match=r"data.sessions / data.shard_of .* merge=true"):
-        ShardDataModule(data_cfg, DataLoaderConfig())
+        ShardDataModule(data_cfg, DataLoaderConfig(), data_dir)

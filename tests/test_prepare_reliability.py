@@ -35,8 +35,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.drill
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, drill):
-    first = prepare(data_cfg)
+def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, drill, data_dir):
+    first = prepare(data_cfg, data_dir)
     reference = tree_bytes(first.out_dir)
     shards = sorted((first.out_dir / "train").glob("U9001-S0100-*.tar"))
     assert len(shards) >= 3
@@ -46,7 +46,7 @@ def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, d
     else:
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
-    again = prepare(data_cfg)
+    again = prepare(data_cfg, data_dir)
     after = tree_bytes(first.out_dir)
     drill.record(
         fault=f"a finished shard {'deleted' if damage == 'delete' else 'truncated to half'}, then prepare rerun",
@@ -72,8 +72,8 @@ def test_damaged_finished_shard_is_rebuilt_to_the_same_bytes(data_cfg, damage, d
 
 
 @pytest.mark.drill
-def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill):
-    out = prepare(data_cfg).out_dir
+def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill, data_dir):
+    out = prepare(data_cfg, data_dir).out_dir
     clean = verify_shards(out)
     assert clean.ok and clean.checked == sum(1 for _ in out.glob("*/*.tar"))
     cmd = [sys.executable, "-m", "vlmchallenge.verify", f"shards={out}", f"paths.log_dir={tmp_path}/logs"]
@@ -105,7 +105,7 @@ def test_verify_names_truncated_and_bit_flipped_shards(data_cfg, tmp_path, drill
 
     truncated.unlink()  # the remedy it names: delete the bad shards, rerun prepare
     flipped.unlink()
-    prepare(data_cfg)
+    prepare(data_cfg, data_dir)
     again = verify_shards(out)  # in-process: the command's exit status follows `.ok` (checked above as 1)
     console = Console(record=True, width=400)
     print_verify(again, console)
@@ -120,7 +120,7 @@ def _jst(ms: int, date: bool = False) -> str:
     return unix_ms_to_jst(ms).strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S") + f".{ms % 1000:03d}"
 
 
-def test_zero_clip_sessions_name_their_reason(data_cfg, synthetic_root, tmp_path):
+def test_zero_clip_sessions_name_their_reason(data_cfg, synthetic_root, tmp_path, data_dir):
     root = tmp_path / "v1.0.0"
     shutil.copytree(synthetic_root, root)
     # U9001: annotations one hour after the frames (the frames all lie before the first annotation)
@@ -134,7 +134,7 @@ def test_zero_clip_sessions_name_their_reason(data_cfg, synthetic_root, tmp_path
     frames3 = root / "U9003/kinect/color-masked/frames/S0100"
     shutil.rmtree(frames3)
 
-    result = prepare(dataclasses.replace(data_cfg, root=str(root)))
+    result = prepare(dataclasses.replace(data_cfg, root=str(root)), data_dir)
     reasons = {r.key: r.record["zero_clip_reason"] for r in result.sessions}
     ts = JpegFolderSource(root / "U9001/kinect/color-masked/frames/S0100").timestamps_ms
     ann = parse_operations_csv(csv)

@@ -73,9 +73,9 @@ def fetched(log_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def served(data_cfg, tmp_path):
+def served(data_cfg, tmp_path, data_dir):
     """Shards prepared locally (the conftest's small settings), served over HTTP."""
-    result = prepare(data_cfg)
+    result = prepare(data_cfg, data_dir)
     log = tmp_path / "http.log"
     with serve_directory(result.out_dir, log) as url:
         yield result.out_dir, url, log
@@ -87,8 +87,8 @@ def at(cfg: DataConfig, out_dir: str) -> DataConfig:
     return moved
 
 
-def eval_examples(cfg: DataConfig, split: str = "test") -> list:
-    dm = ShardDataModule(cfg, DataLoaderConfig(batch_size=4, num_workers=0), eval_collate=list)
+def eval_examples(cfg: DataConfig, data_dir: Path, split: str = "test") -> list:
+    dm = ShardDataModule(cfg, DataLoaderConfig(batch_size=4, num_workers=0), data_dir, eval_collate=list)
     dm.prepare_data()
     dm.setup("test")
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
@@ -140,17 +140,17 @@ def test_train_and_test_from_a_url_equal_the_local_folder(tmp_path, shared_data_
         assert all(got[p] == "200" for p in tars)
 
 
-def test_eval_split_from_http_equals_local(served, data_cfg):
+def test_eval_split_from_http_equals_local(served, data_cfg, data_dir):
     out_dir, url, log = served
-    assert same_examples(eval_examples(at(data_cfg, url + "/")), eval_examples(data_cfg))
+    assert same_examples(eval_examples(at(data_cfg, url + "/"), data_dir), eval_examples(data_cfg, data_dir))
     got = fetched(log)
     index = json.loads((out_dir / "test" / INDEX_NAME).read_text())
     assert {f"/test/{s['url']}" for s in index["shardlist"]} <= {p for p, s in got.items() if s == "200"}
 
 
-def test_a_url_without_a_manifest_is_refused_with_the_upload_step(served, data_cfg):
+def test_a_url_without_a_manifest_is_refused_with_the_upload_step(served, data_cfg, data_dir):
     _, url, _ = served
-    dm = ShardDataModule(at(data_cfg, url + "/elsewhere"), DataLoaderConfig(num_workers=0))
+    dm = ShardDataModule(at(data_cfg, url + "/elsewhere"), DataLoaderConfig(num_workers=0), data_dir)
     with pytest.raises(FileNotFoundError) as err:
         dm.prepare_data()
     message = str(err.value)
@@ -160,47 +160,49 @@ def test_a_url_without_a_manifest_is_refused_with_the_upload_step(served, data_c
     )  # the local folder to prepare, then upload
 
 
-def test_a_url_holding_other_settings_is_refused(served, data_cfg):
+def test_a_url_holding_other_settings_is_refused(served, data_cfg, data_dir):
     _, url, _ = served
     other = at(data_cfg, url)
     other.sampler.num_frames = 2
     with pytest.raises(ValueError, match=rf"{re.escape(url)}/manifest.json: shards made with different"):
-        prepare(other)
+        prepare(other, data_dir)
     with pytest.raises(ValueError, match="fingerprint"):
-        ShardDataModule(other, DataLoaderConfig(num_workers=0)).prepare_data()
+        ShardDataModule(other, DataLoaderConfig(num_workers=0), data_dir).prepare_data()
 
 
-def test_a_url_is_never_written_to(served, data_cfg):
+def test_a_url_is_never_written_to(served, data_cfg, data_dir):
     out_dir, url, log = served
     before = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")}
-    result = prepare(at(data_cfg, url))  # verifies the upload, writes nothing
+    result = prepare(at(data_cfg, url), data_dir)  # verifies the upload, writes nothing
     assert result.out_dir == url and result.manifest["config_fingerprint"] == data_cfg.fingerprint()
     assert {p: p.stat().st_mtime_ns for p in out_dir.rglob("*")} == before
     assert not re.search(r'"(PUT|POST)', log.read_text())
 
 
-def test_any_fsspec_protocol_streams_through_webdataset(data_cfg):
+def test_any_fsspec_protocol_streams_through_webdataset(data_cfg, data_dir):
     """`memory://` stands in for s3/gs: the same path (fsspec for the JSON, the fsspec gopen handler for the
     shards), without a cloud account."""
-    local = prepare(data_cfg).out_dir
+    local = prepare(data_cfg, data_dir).out_dir
     memory = fsspec.filesystem("memory")
     root = f"memory://shards-{data_cfg.fingerprint()[:10]}"
     memory.put(str(local), root, recursive=True)
     try:
-        assert same_examples(eval_examples(at(data_cfg, root), "val"), eval_examples(data_cfg, "val"))
+        assert same_examples(
+            eval_examples(at(data_cfg, root), data_dir, "val"), eval_examples(data_cfg, data_dir, "val")
+        )
     finally:
         memory.rm(root, recursive=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed")
-def test_s3_without_the_remote_extra_names_it(data_cfg):
+def test_s3_without_the_remote_extra_names_it(data_cfg, data_dir):
     with pytest.raises(ImportError, match=r"s3://bucket/shards/manifest.json: .*vlmchallenge\[remote\]"):
-        prepare(at(data_cfg, "s3://bucket/shards"))
+        prepare(at(data_cfg, "s3://bucket/shards"), data_dir)
     with pytest.raises(ImportError, match=r"s3://bucket/a.tar: .*vlmchallenge\[remote\]"):
         locations.check_shard_reader("s3://bucket/a.tar")
 
 
-def test_a_bad_index_or_manifest_names_the_file(served, data_cfg):
+def test_a_bad_index_or_manifest_names_the_file(served, data_cfg, data_dir):
     out_dir, url, _ = served
     index = out_dir / "test" / INDEX_NAME
     index.write_text(json.dumps({"shardlist": [{"url": 3, "nsamples": 1}]}))
@@ -215,7 +217,7 @@ def test_a_bad_index_or_manifest_names_the_file(served, data_cfg):
     with pytest.raises(
         ValueError, match=rf"{re.escape(url)}/manifest.json: the manifest must hold a JSON object"
     ):
-        prepare(at(data_cfg, url))
+        prepare(at(data_cfg, url), data_dir)
 
 
 def test_location_forms():

@@ -20,8 +20,8 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_shards_read_back_with_plain_webdataset(data_cfg):
-    result = prepare(data_cfg)
+def test_shards_read_back_with_plain_webdataset(data_cfg, data_dir):
+    result = prepare(data_cfg, data_dir)
     out = result.out_dir
     for split in ("train", "val", "test"):
         index = json.loads((out / split / "shardindex.json").read_text())
@@ -45,8 +45,8 @@ def test_shards_read_back_with_plain_webdataset(data_cfg):
         assert len({s["__key__"] for s in samples}) == len(samples)
 
 
-def test_manifest_and_index_sum_up(data_cfg):
-    result = prepare(data_cfg)
+def test_manifest_and_index_sum_up(data_cfg, data_dir):
+    result = prepare(data_cfg, data_dir)
     m = json.loads((result.out_dir / "manifest.json").read_text())
     assert m["sampler"]["num_frames"] == 4 and m["config_fingerprint"] == data_cfg.fingerprint()
     for split in ("train", "val", "test"):
@@ -57,23 +57,23 @@ def test_manifest_and_index_sum_up(data_cfg):
     assert m["splits"]["train"]["skipped"]["null_label"] > 0
 
 
-def test_rerun_is_byte_identical_and_skips_finished_sessions(data_cfg, tmp_path):
-    first = prepare(data_cfg)
+def test_rerun_is_byte_identical_and_skips_finished_sessions(data_cfg, tmp_path, data_dir):
+    first = prepare(data_cfg, data_dir)
     before = tree_bytes(first.out_dir)
-    again = prepare(data_cfg)
+    again = prepare(data_cfg, data_dir)
     assert all(r.record["resumed"] == "complete" for r in again.sessions)
     assert tree_bytes(first.out_dir) == before
     # a fresh directory with more workers gives the same bytes
     other = dataclasses.replace(
         data_cfg, shards=dataclasses.replace(data_cfg.shards, out_dir=str(tmp_path / "other"), workers=2)
     )
-    assert tree_bytes(prepare(other).out_dir) == {
+    assert tree_bytes(prepare(other, data_dir).out_dir) == {
         k: v for k, v in before.items() if not k.endswith("manifest.json")
     } | {"manifest.json": before["manifest.json"]}
 
 
-def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg):
-    result = prepare(data_cfg)
+def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir):
+    result = prepare(data_cfg, data_dir)
     reference = tree_bytes(result.out_dir)
     train = result.out_dir / "train"
     shards = sorted(train.glob("*.tar"))
@@ -84,7 +84,7 @@ def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg):
     shards[2].with_name(shards[2].name + ".tmp").write_bytes(b"partial")
     for s in shards[3:]:
         s.unlink()
-    resumed = prepare(data_cfg)
+    resumed = prepare(data_cfg, data_dir)
     session = next(r for r in resumed.sessions if r.key == "U9001-S0100")
     assert session.record["resumed"] == "partial"
     assert tree_bytes(result.out_dir) == reference
@@ -116,13 +116,13 @@ def test_interrupted_write_mid_shard_resumes_to_same_bytes(tmp_path):
     assert [s["nsamples"] for s in record["shards"]] == [8, 8, 7]
 
 
-def test_changed_settings_never_mix_with_old_shards(data_cfg):
-    prepare(data_cfg)
+def test_changed_settings_never_mix_with_old_shards(data_cfg, data_dir):
+    prepare(data_cfg, data_dir)
     changed = dataclasses.replace(data_cfg, sampler=dataclasses.replace(data_cfg.sampler, num_frames=2))
     with pytest.raises(ValueError, match="different data settings.*overwrite=true"):
-        prepare(changed)
+        prepare(changed, data_dir)
     changed.shards.overwrite = True
-    result = prepare(changed)
+    result = prepare(changed, data_dir)
     assert result.manifest["sampler"]["num_frames"] == 2
 
 
@@ -144,7 +144,7 @@ def centre_ms(meta: dict) -> int:
     return (meta["start_ms"] + meta["end_ms"]) // 2  # what labels a window clip (label_rule=center)
 
 
-def test_edited_session_is_rebuilt_and_the_others_reused(data_cfg, synthetic_root, tmp_path):
+def test_edited_session_is_rebuilt_and_the_others_reused(data_cfg, synthetic_root, tmp_path, data_dir):
     """docs/architecture.md: the per-session fingerprint covers the annotation file's bytes, so an edited
     session is rebuilt on the next prepare (no overwrite needed) while the other sessions are reused."""
     root = tmp_path / "openpack"
@@ -152,7 +152,7 @@ def test_edited_session_is_rebuilt_and_the_others_reused(data_cfg, synthetic_roo
     # U9001 and U9002 share the train split, so a rebuild that wiped the whole split would show
     splits = SplitConfig(train=["U9001", "U9002"], val=["U9003"], test=[], same_person=[])
     cfg = dataclasses.replace(data_cfg, root=str(root), splits=splits)
-    first = prepare(cfg)
+    first = prepare(cfg, data_dir)
     out, before = first.out_dir, tree_bytes(first.out_dir)
     old = clip_meta(out / "train", "U9002-S0100")
 
@@ -167,7 +167,7 @@ def test_edited_session_is_rebuilt_and_the_others_reused(data_cfg, synthetic_roo
     lines[seg.line - 1] = ",".join(fields)
     csv_path.write_text("\n".join(lines))
 
-    second = prepare(cfg)
+    second = prepare(cfg, data_dir)
     status = {r.key: r.record["resumed"] for r in second.sessions}
     assert status == {"U9001-S0100": "complete", "U9002-S0100": "fresh", "U9003-S0100": "complete"}
     after = tree_bytes(out)

@@ -31,16 +31,16 @@ def keys_batch(examples) -> dict:
 
 
 @pytest.fixture
-def prepared(data_cfg):
+def prepared(data_cfg, data_dir):
     data_cfg = dataclasses.replace(data_cfg, shards=dataclasses.replace(data_cfg.shards, maxcount=5))
-    prepare(data_cfg)
+    prepare(data_cfg, data_dir)
     return data_cfg
 
 
-def make_dm(cfg, max_skipped_fraction: float = 0.01, **kw) -> ShardDataModule:
+def make_dm(cfg, data_dir, max_skipped_fraction: float = 0.01, **kw) -> ShardDataModule:
     cfg = dataclasses.replace(cfg, max_skipped_fraction=max_skipped_fraction)
     loader = DataLoaderConfig(**{"class_balance": 0.0, "num_workers": 0, **kw})
-    dm = ShardDataModule(cfg, loader, train_collate=keys_batch, eval_collate=keys_batch)
+    dm = ShardDataModule(cfg, loader, data_dir, train_collate=keys_batch, eval_collate=keys_batch)
     dm.setup("fit")
     return dm
 
@@ -49,8 +49,8 @@ CORRUPTIONS = {"truncated": truncate, "bit_flipped": flip_header_bit}
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-def test_a_corrupt_train_shard_is_skipped_and_counted_exactly(prepared, corruption, caplog):
-    dm = make_dm(prepared)
+def test_a_corrupt_train_shard_is_skipped_and_counted_exactly(prepared, corruption, caplog, data_dir):
+    dm = make_dm(prepared, data_dir)
     shards = read_split_shards(dm.out_dir, "train")
     bad = next(iter(shards))
     intact = members(Path(bad))
@@ -66,8 +66,8 @@ def test_a_corrupt_train_shard_is_skipped_and_counted_exactly(prepared, corrupti
     assert f"{bad}: {shards[bad] - len(readable)} of its" in caplog.text
 
 
-def test_training_epoch_survives_a_corrupt_shard_and_stops_past_the_threshold(prepared):
-    dm = make_dm(prepared, batch_size=2, max_skipped_fraction=1.0)
+def test_training_epoch_survives_a_corrupt_shard_and_stops_past_the_threshold(prepared, data_dir):
+    dm = make_dm(prepared, data_dir, batch_size=2, max_skipped_fraction=1.0)
     bad = next(iter(read_split_shards(dm.out_dir, "train")))
     truncate(Path(bad))
     batches = [dm.on_before_batch_transfer(b, 0) for b in dm.train_dataloader()]
@@ -75,15 +75,15 @@ def test_training_epoch_survives_a_corrupt_shard_and_stops_past_the_threshold(pr
     assert batches[-1][SKIPPED_KEY] > 0, "skips are counted into the batches (logged as data/skipped_samples)"
     assert [b[SKIPPED_KEY] for b in batches] == sorted(b[SKIPPED_KEY] for b in batches), "a running total"
 
-    strict = make_dm(prepared, batch_size=2, max_skipped_fraction=0.0)
+    strict = make_dm(prepared, data_dir, batch_size=2, max_skipped_fraction=0.0)
     with pytest.raises(TooManySkippedSamples, match=r"data.max_skipped_fraction=0.0;.*vlmchallenge.prepare"):
         for batch in strict.train_dataloader():
             strict.on_before_batch_transfer(batch, 0)
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-def test_evaluation_stops_on_a_corrupt_shard_naming_it_and_the_remedy(prepared, corruption):
-    dm = make_dm(prepared, eval_batch_size=2)
+def test_evaluation_stops_on_a_corrupt_shard_naming_it_and_the_remedy(prepared, corruption, data_dir):
+    dm = make_dm(prepared, data_dir, eval_batch_size=2)
     bad = next(iter(read_split_shards(dm.out_dir, "val")))
     CORRUPTIONS[corruption](Path(bad))
     with pytest.raises(UnreadableShardError) as err:

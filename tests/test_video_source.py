@@ -51,10 +51,12 @@ def test_timestamps_come_from_pts(session_video):
     assert late.size == early.size == (112, 64)
 
 
-def test_prepare_from_video_matches_frame_folder_labels(session_video, data_cfg, synthetic_root, tmp_path):
+def test_prepare_from_video_matches_frame_folder_labels(
+    session_video, data_cfg, synthetic_root, tmp_path, data_dir
+):
     _, path = session_video
     only_u1 = SplitConfig(train=["U9001"], val=[], test=[], same_person=[])
-    from_frames = prepare(dataclasses.replace(data_cfg, splits=only_u1))
+    from_frames = prepare(dataclasses.replace(data_cfg, splits=only_u1), data_dir)
     video_cfg = dataclasses.replace(
         data_cfg,
         splits=only_u1,
@@ -62,7 +64,7 @@ def test_prepare_from_video_matches_frame_folder_labels(session_video, data_cfg,
         video_pattern=str(path.parent / "{user}-{session}.mkv"),
         shards=dataclasses.replace(data_cfg.shards, out_dir=str(tmp_path / "video_shards")),
     )
-    from_video = prepare(video_cfg)
+    from_video = prepare(video_cfg, data_dir)
 
     def metas(result):
         urls = sorted(str(p) for p in (result.out_dir / "train").glob("*.tar"))
@@ -75,7 +77,7 @@ def test_prepare_from_video_matches_frame_folder_labels(session_video, data_cfg,
     assert from_video.manifest["source"]["type"] == "video"
 
 
-def test_video_without_creation_time_needs_an_explicit_origin(synthetic_root, tmp_path, data_cfg):
+def test_video_without_creation_time_needs_an_explicit_origin(synthetic_root, tmp_path, data_cfg, data_dir):
     frames = JpegFolderSource(synthetic_root / "U9001/kinect/color-masked/frames/S0100")
     encode_session_video(frames, tmp_path / "U9001-S0100.mkv", with_creation_time=False)
     cfg = dataclasses.replace(
@@ -87,6 +89,6 @@ def test_video_without_creation_time_needs_an_explicit_origin(synthetic_root, tm
     with pytest.raises(
         ValueError, match="no timezone-aware creation_time.*video_time_origin=first_annotation"
     ):
-        prepare(cfg)
+        prepare(cfg, data_dir)
     cfg.video_time_origin = "first_annotation"
-    assert prepare(cfg).manifest["splits"]["train"]["nsamples"] > 0
+    assert prepare(cfg, data_dir).manifest["splits"]["train"]["nsamples"] > 0

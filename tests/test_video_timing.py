@@ -72,13 +72,15 @@ class Case:
 
 
 @pytest.fixture(params=SETTINGS, ids=[f"{n}frames_in_{WINDOW_S:g}s" for n, _ in SETTINGS])
-def case(request, data_cfg, tiny_path, tmp_path) -> Case:
+def case(request, data_cfg, tiny_path, tmp_path, data_dir) -> Case:
     frames, fps = request.param
     cfg = copy.deepcopy(data_cfg)
     cfg.clips = dataclasses.replace(cfg.clips, window_s=WINDOW_S, stride_s=2.0, min_frames=4)
     cfg.sampler = dataclasses.replace(cfg.sampler, num_frames=frames)
-    prepare(cfg)
-    dm = ShardDataModule(cfg, DataLoaderConfig(num_workers=0, eval_batch_size=3), eval_collate=lambda xs: xs)
+    prepare(cfg, data_dir)
+    dm = ShardDataModule(
+        cfg, DataLoaderConfig(num_workers=0, eval_batch_size=3), data_dir, eval_collate=lambda xs: xs
+    )
     dm.setup("test")
     examples = next(iter(dm.test_dataloader()))
     assert len(examples) == 3 and all(len(ex.frames) == frames for ex in examples)

@@ -17,9 +17,6 @@ from vlmchallenge.data.shard_writer import ShardConfig
 from vlmchallenge.data.splits import SplitConfig
 from vlmchallenge.data.synthetic import GENERATOR_VERSION, SyntheticConfig
 
-# Where shards, the synthetic tree and the tiny models go when a library call is not told: the commands always
-# pass `paths.data_dir` (conf/paths/default.yaml: <project>/data), which is this folder under the project root.
-DEFAULT_DATA_DIR = "data"
 MANIFEST_VERSION = 2  # 2: the 1-Hz ground truth is copied into the shard folder (docs/architecture.md)
 _SESSION_NAME = re.compile(r"^U\d{4}/S\d{4}$")
 _SHARD_OF = re.compile(r"^(\d+)/(\d+)$")

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 from vlmchallenge.data import locations
-from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
+from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.manifest import write_index_and_manifest
 from vlmchallenge.data.pipeline import check_out_dir, plan_sessions
 from vlmchallenge.data.prepare_result import PrepareResult, SessionResult
 from vlmchallenge.data.splits import SPLIT_NAMES
 
 
-def merge_jobs(cfg: DataConfig, data_dir: str | Path = DEFAULT_DATA_DIR) -> PrepareResult:
+def merge_jobs(cfg: DataConfig, data_dir: str | Path) -> PrepareResult:
     """Write the split indexes and the manifest from the done-markers that subset jobs left in the output
     folder. Refuses while a session of the plan has no marker, or a marker was made with other settings, or a
     shard a marker lists is missing or of another size."""

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from vlmchallenge.data import locations
-from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
+from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.manifest import MANIFEST_NAME, split_stats, write_index_and_manifest
 from vlmchallenge.data.openpack_layout import SessionRef, discover_sessions
 from vlmchallenge.data.prepare_result import PrepareResult, SessionResult
@@ -130,7 +130,7 @@ def select_subset(
 
 def prepare(
     cfg: DataConfig,
-    data_dir: str | Path = DEFAULT_DATA_DIR,
+    data_dir: str | Path,
     progress: Callable[[SessionResult, int], None] | None = None,
 ) -> PrepareResult:
     """Build (or resume, or reuse) the shards for `cfg`. Safe to call repeatedly: finished work is skipped.

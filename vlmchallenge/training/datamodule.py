@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vlmchallenge.data import locations
 from vlmchallenge.data.classes import NAME_TO_CLASS
-from vlmchallenge.data.config import DEFAULT_DATA_DIR, DataConfig
+from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.manifest import MANIFEST_NAME, ShardManifest
 from vlmchallenge.data.pipeline import prepare
 from vlmchallenge.data.shard_writer import INDEX_NAME
@@ -204,7 +204,7 @@ class ShardDataModule(pl.LightningDataModule):
         self,
         data: DataConfig,
         dataloader: DataLoaderConfig,
-        data_dir: str = DEFAULT_DATA_DIR,
+        data_dir: str | Path,
         seed: int = 0,
         test_split: str = "test",
         train_collate: Callable | None = None,
