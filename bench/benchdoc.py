@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmchallenge.utils.atomic import write_text_atomically
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = (
     "# Benchmarks\n\n"
@@ -21,7 +23,5 @@ def update_section(name: str, section: str, doc: Path = DOC) -> None:
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = doc.with_name(f".{doc.name}.tmp")  # temp name, then rename: a kill never leaves half a doc
-    tmp.write_text(text)
-    tmp.replace(doc)
+    write_text_atomically(doc, text)  # a kill never leaves half a doc
     print(f"updated {doc}")

@@ -23,6 +23,7 @@ from vlmchallenge.evaluation.clip_prediction import ClipPrediction
 from vlmchallenge.evaluation.ground_truth import load_ground_truth_1hz
 from vlmchallenge.evaluation.report import build_report, session_seconds
 from vlmchallenge.training.datamodule import read_split_index
+from vlmchallenge.utils.atomic import is_temp_file
 from vlmchallenge.workflows import evaluate
 
 OPERATION_NAMES = [c.name for c in OPENPACK_OPERATIONS if not c.is_ignore]
@@ -66,7 +67,7 @@ def test_prepare_copies_each_sessions_1hz_ground_truth_and_lists_it(own_tree, da
         assert marker["ground_truth_1hz"] == entry
         listed = json.loads((result.out_dir / "manifest.json").read_text())["splits"][split]
         assert listed["ground_truth_1hz"] == {key: {**entry, "file": f"{split}/{entry['file']}"}}
-    assert not list(result.out_dir.rglob("*.tmp"))
+    assert not [p for p in result.out_dir.rglob("*") if is_temp_file(p)]
 
 
 def test_the_official_score_from_the_shards_alone_equals_the_one_from_the_raw_tree(

@@ -24,7 +24,12 @@ ALLOWED = {
     "models": {"utils", "data"},
     "evaluation": {"data"},
     "training": {"utils", "data", "models", "evaluation"},
-    "inference": {"data", "models", "evaluation"},  # the offline engine and annotator: no Lightning, no HTTP
+    "inference": {
+        "utils",
+        "data",
+        "models",
+        "evaluation",
+    },  # the offline engine and annotator: no Lightning, no HTTP
     "serving": {"data", "models", "inference"},  # the HTTP APIs in front of the engine
     "reviewing": {"utils", "data", "inference"},  # the review page: no model at all
 }

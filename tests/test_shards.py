@@ -78,16 +78,20 @@ def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir):
     train = result.out_dir / "train"
     shards = sorted(train.glob("*.tar"))
     assert len(shards) >= 3
-    # simulate a crash while writing shard 2: marker gone, shard 2 half-written under its temp name, later gone
+    # a kill while writing shard 2 of U9001-S0100 (pid 4242): marker gone, shard 2 half-written under its temp
+    # name, later shards gone; and half-written temp files of its marker, its ground-truth copy and the manifest
     (train / "U9001-S0100.done.json").unlink()
-    shards[2].rename(shards[2].with_name(shards[2].name + ".tmp"))
-    shards[2].with_name(shards[2].name + ".tmp").write_bytes(b"partial")
+    shards[2].rename(shards[2].with_name(shards[2].name + ".tmp-4242"))
+    shards[2].with_name(shards[2].name + ".tmp-4242").write_bytes(b"partial")
     for s in shards[3:]:
         s.unlink()
+    for half in ("U9001-S0100.done.json", "U9001-S0100.operations-1hz.csv", "shardindex.json"):
+        (train / f"{half}.tmp-4242").write_bytes(b"{")
+    (result.out_dir / "manifest.json.tmp-4242").write_bytes(b"{")
     resumed = prepare(data_cfg, data_dir)
     session = next(r for r in resumed.sessions if r.key == "U9001-S0100")
     assert session.record["resumed"] == "partial"
-    assert tree_bytes(result.out_dir) == reference
+    assert tree_bytes(result.out_dir) == reference  # the same bytes, and no temp file left
 
 
 def test_interrupted_write_mid_shard_resumes_to_same_bytes(tmp_path):

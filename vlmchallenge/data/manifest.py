@@ -17,8 +17,9 @@ from vlmchallenge.data import locations
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.config import MANIFEST_VERSION, DataConfig
 from vlmchallenge.data.prepare_result import SessionResult
-from vlmchallenge.data.shard_writer import atomic_write_text, write_split_index
+from vlmchallenge.data.shard_writer import write_split_index
 from vlmchallenge.data.splits import SPLIT_NAMES
+from vlmchallenge.utils.atomic import remove_temp_files, write_text_atomically
 
 MANIFEST_NAME = "manifest.json"
 
@@ -124,5 +125,6 @@ def write_index_and_manifest(
         "splits": splits,
         "unassigned_sessions": unassigned,
     }
-    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
+    remove_temp_files(out_dir, MANIFEST_NAME)  # a killed run's; one process writes the manifest
+    write_text_atomically(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest

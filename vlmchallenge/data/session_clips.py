@@ -21,7 +21,8 @@ from vlmchallenge.data.frame_source import NoUsableFrames
 from vlmchallenge.data.jst_time import unix_ms_to_jst
 from vlmchallenge.data.openpack_layout import SessionRef, open_source
 from vlmchallenge.data.prepare_result import SessionResult
-from vlmchallenge.data.shard_writer import atomic_write_bytes, sample_key, write_session_shards
+from vlmchallenge.data.shard_writer import sample_key, write_session_shards
+from vlmchallenge.utils.atomic import write_bytes_atomically
 
 GROUND_TRUTH_SUFFIX = ".operations-1hz.csv"  # <split>/<USER>-<SESSION>.operations-1hz.csv
 
@@ -58,7 +59,7 @@ def copy_ground_truth(ref: SessionRef, split_dir: Path) -> dict | None:
     raw = ref.operations_1hz_csv.read_bytes()
     name = f"{ref.key}{GROUND_TRUTH_SUFFIX}"
     split_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(split_dir / name, raw)
+    write_bytes_atomically(split_dir / name, raw)
     return {"file": name, "sha256": hashlib.sha256(raw).hexdigest()}
 
 

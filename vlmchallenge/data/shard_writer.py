@@ -2,8 +2,9 @@
 
 Layout: `<out>/<split>/<USER>-<SESSION>-000000.tar` (+ `<USER>-<SESSION>.done.json` when the session is complete),
 `<out>/<split>/shardindex.json`. Per session so that workers never share a shard and a rerun can skip whole
-sessions. Each shard is written as `*.tar.tmp` and renamed by ShardWriter's `post` hook once closed, so a crash
-never leaves a half shard under a final name. On resume, finished shards are counted and their samples skipped
+sessions. Each shard is written as `*.tar.tmp-<pid>` and published (fsynced, renamed: `utils/atomic.py`) by
+ShardWriter's `post` hook once closed, so a crash never leaves a half shard under a final name. On resume, what a
+killed writer left under a temp name is deleted, finished shards are counted and their samples skipped
 (without decoding); since sample order, encoding, tar headers (fixed mtime/owner) and shard boundaries
 (maxcount/maxsize over the same bytes) are all deterministic, the result is byte-identical to an uninterrupted run.
 """
@@ -12,13 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
+
+from vlmchallenge.utils.atomic import (
+    fsync_dir,
+    publish,
+    remove_temp_files,
+    target_of,
+    temp_path,
+    write_text_atomically,
+)
 
 INDEX_NAME = "shardindex.json"
 TAR_MTIME = 0  # fixed so rewriting the same samples gives the same bytes
@@ -40,16 +49,6 @@ class ShardConfig:
 def sample_key(user: str, session: str, clip_no: int) -> str:
     """All-digit key (WebDataset splits names at the first dot): U0209/S0500/clip 17 -> 02090500000017."""
     return f"{user[1:]}{session[1:]}{clip_no:06d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -105,7 +104,7 @@ def write_session_shards(
         "shards": entries,
         **(extra or {}),
     }
-    atomic_write_text(marker, json.dumps(record, indent=1, sort_keys=True))
+    write_text_atomically(marker, json.dumps(record, indent=1, sort_keys=True))
     record["resumed"] = "redone" if redo_reason else "partial" if resumed_from else "fresh"
     record["written_now"] = written - resumed_from
     if redo_reason:
@@ -133,8 +132,9 @@ def _reusable_record(
             marker.unlink()  # stale: inputs or settings changed; rebuild this session
             for p in split_dir.glob(f"{prefix}-*.tar"):
                 p.unlink()
-    for p in split_dir.glob(f"{prefix}-*.tar.tmp"):
-        p.unlink()
+    # what a killed writer of this session left (shards, marker, ground truth); one worker writes a session
+    remove_temp_files(split_dir, f"{prefix}-*")
+    remove_temp_files(split_dir, f"{prefix}.*")
     return None, redo_reason
 
 
@@ -157,28 +157,26 @@ def _finished_shards(split_dir: Path, prefix: str) -> list[dict]:
 def _write_shards(
     split_dir: Path, prefix: str, start_shard: int, samples: Iterator[dict], cfg: ShardConfig
 ) -> list[dict]:
-    """`samples` into shards numbered from `start_shard`, each written as `.tar.tmp` and renamed once closed;
-    on any failure the open shard is deleted, never published. Returns the new shards' entries."""
+    """`samples` into shards numbered from `start_shard`, each written under its temp name and published once
+    closed; on any failure the open shard is deleted, never published. Returns the new shards' entries."""
     new_entries: list[dict] = []
 
-    def publish(tmp_name: str) -> None:
-        tmp = Path(tmp_name)
-        final = tmp.with_suffix("")  # drop .tmp
-        os.replace(tmp, final)
+    def publish_shard(tmp_name: str) -> None:
+        final = target_of(Path(tmp_name))
+        publish(Path(tmp_name), final)
         new_entries.append(shard_entry(final, writer.count))
 
     writer = None
     try:
         for sample in samples:
             if writer is None:  # created lazily: ShardWriter opens a shard at construction
-                pattern = (
-                    str(split_dir / f"{prefix}-%06d.tar.tmp").replace("%", "%%").replace("%%06d", "%06d")
-                )
+                shard = temp_path(split_dir / f"{prefix}-%06d.tar")
+                pattern = str(shard).replace("%", "%%").replace("%%06d", "%06d")
                 writer = wds.ShardWriter(
                     pattern,
                     maxcount=cfg.maxcount,
                     maxsize=cfg.maxsize,
-                    post=publish,
+                    post=publish_shard,
                     start_shard=start_shard,
                     verbose=0,
                     mtime=TAR_MTIME,
@@ -192,6 +190,8 @@ def _write_shards(
             writer.tarstream.close()
             Path(writer.fname).unlink(missing_ok=True)
         raise
+    if new_entries:
+        fsync_dir(split_dir)  # once for this call's renames
     return new_entries
 
 
@@ -229,5 +229,6 @@ def write_split_index(split_dir: Path, split: str, records: list[dict]) -> dict:
             raise RuntimeError(f"{path}: listed for {INDEX_NAME} but missing or not {e['filesize']} bytes")
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": shards}
     split_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(split_dir / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True))
+    remove_temp_files(split_dir, INDEX_NAME)  # written by one process: the merging one
+    write_text_atomically(split_dir / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True))
     return index

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from vlmchallenge.data.classes import OPENPACK_OPERATIONS
 from vlmchallenge.data.prepare_result import PrepareResult, SessionResult
-from vlmchallenge.data.shard_writer import atomic_write_text
 from vlmchallenge.data.splits import SPLIT_NAMES
 from vlmchallenge.data.verify import VerifyResult
+from vlmchallenge.utils.atomic import write_text_atomically
 
 SUBSET_KEYS = {"data.sessions", "data.shard_of"}
 
@@ -140,7 +140,7 @@ def print_summary(result: PrepareResult, console: Console, merge_cmd: str | None
 
 def write_summary(result: PrepareResult, path: Path, merge_cmd: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(summary_dict(result, merge_cmd), indent=1))
+    write_text_atomically(path, json.dumps(summary_dict(result, merge_cmd), indent=1))
 
 
 def print_verify(result: VerifyResult, console: Console) -> None:

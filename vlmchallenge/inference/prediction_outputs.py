@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +35,7 @@ from vlmchallenge.evaluation.plots import recording_timeline_png
 from vlmchallenge.evaluation.seconds import MISSING, NO_FRAMES, NO_WINDOW, PREDICTED, score_seconds
 from vlmchallenge.inference.annotator import PredictedRecording
 from vlmchallenge.inference.segments import Run, Smoothing, segments
+from vlmchallenge.utils.atomic import publish_files
 
 OUTPUT_FILES = (
     "timeline.csv",
@@ -200,6 +200,5 @@ def write_outputs(
         truth_ids = truth_on_timeline(predicted, truth) if truth is not None else None
         recording_timeline_png(predicted.timeline.unixtime_ms, ids, tmp / "timeline.png", key, truth_ids)
         (tmp / "annotate.json").write_text(json.dumps(meta, indent=1))
-        for name in OUTPUT_FILES:  # each file appears complete or not at all
-            os.replace(tmp / name, out_dir / name)
+        publish_files(tmp, out_dir, OUTPUT_FILES)  # each file appears complete or not at all
     return meta

@@ -1,12 +1,16 @@
 """Files and folders that appear complete or not at all, and folders built once when several processes want the
-same one."""
+same one. The one place the project publishes files: shards, manifests, checkpoints, exports, annotations.
+
+Every writer here builds under a temporary name in the target's own folder, fsyncs the data, renames it onto the
+target and fsyncs the folder, so the guarantee holds after a machine crash, not only after a kill (POSIX gives
+`rename` atomicity, not ordering against the data: without the fsyncs a crash can leave a renamed, empty file)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +26,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     so a reader never finds `target` half-deleted. Replacing is for a builder that owns `target` (a re-export);
     builders that share one (ranks, workers, jobs) go through `build_lock` and keep a complete one."""
     target = Path(target)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp = temp_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -30,13 +34,15 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_tree(tmp)
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
     shutil.rmtree(
         old, ignore_errors=True
-    )  # a leftover of a killed replace under this pid: rename onto it fails
+    )  # a killed replace's leftover under this pid: a rename onto it fails
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -65,11 +71,28 @@ TEMP_MARK = ".tmp-"  # `last.ckpt.tmp-4242`: never matches `*.ckpt`, so no reade
 
 
 def temp_path(target: Path) -> Path:
+    """Where `target` is written before it is published: `<target>.tmp-<pid>`, in the target's own folder (a
+    rename within one filesystem is atomic; across filesystems it is a copy)."""
     return target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
+
+
+def target_of(temp: Path) -> Path:
+    """The file a `temp_path` becomes once published."""
+    return temp.with_name(temp.name.rsplit(TEMP_MARK, 1)[0])
 
 
 def is_temp_file(path: Path) -> bool:
     return TEMP_MARK in path.name
+
+
+def remove_temp_files(folder: Path, names: str) -> list[Path]:
+    """Delete the temp files that killed writers (any pid) left for the targets matching the glob `names` in
+    `folder`; returns them. Only for the one process that writes those targets: another live writer's temp
+    file would be deleted under it."""
+    leftovers = sorted(folder.glob(f"{names}{TEMP_MARK}*"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def fsync_dir(folder: Path) -> None:
@@ -79,6 +102,25 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (before the rename that publishes it)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for path in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        fsync_dir(path)
+
+
+def publish(temp: Path, target: Path) -> None:
+    """Rename a closed, finished temp file onto `target`, its data fsynced first: after a crash, even of the
+    machine, `target` is the old file or the whole new one, never a renamed file whose data never reached the
+    disk. The caller fsyncs the folder (once for several files: `fsync_dir`)."""
+    with open(temp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(temp, target)
 
 
 def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -96,3 +138,19 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def write_bytes_atomically(target: Path, data: bytes) -> None:
+    write_atomically(target, lambda f: f.write(data))
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    write_bytes_atomically(target, text.encode())
+
+
+def publish_files(staging: Path, out_dir: Path, names: Iterable[str]) -> None:
+    """Move the files `names`, finished in the folder `staging` (on `out_dir`'s filesystem), into `out_dir`
+    one by one: each appears complete or not at all, beside whatever else `out_dir` holds."""
+    for name in names:
+        publish(staging / name, out_dir / name)
+    fsync_dir(out_dir)
