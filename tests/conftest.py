@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-import copy
+import os
+
+# One intra-op thread per process, for this process and every one the tests start (servers, ranks, CLIs, drills):
+# the tiny models' ops are too small to gain from a second thread, and the suite's parallelism is processes
+# (loader workers, ranks, servers). On a busy machine an OpenMP team whose second thread is descheduled spins at
+# each barrier: measured on 2 cores beside two busy loops, tests/test_train.py took 112 s with torch's default
+# threads and 50 s with one (33 s and 32 s idle). A caller's own setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import copy  # noqa: E402
 from dataclasses import dataclass
 from pathlib import Path
 
