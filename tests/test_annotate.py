@@ -224,7 +224,7 @@ def test_gaps_are_marked_in_the_timeline_and_filled_in_the_submission(export_dir
             shutil.copyfile(p, target)
     hz = root / USER / "annotation" / "openpack-operations-1hz" / f"{SESSION}.csv"
     out = tmp_path / "out"
-    from vlmchallenge.workflows import annotate
+    from vlmchallenge.inference_workflows import annotate
 
     meta = annotate(
         compose_annotate(

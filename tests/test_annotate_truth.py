@@ -49,7 +49,7 @@ def annotate_stretch(
     """`python -m vlmchallenge.annotate ... start=<ms> end=<ms>` in process -> {second: predicted id}."""
     from hydra import compose, initialize_config_dir
 
-    from vlmchallenge.workflows import annotate
+    from vlmchallenge.inference_workflows import annotate
 
     overrides = [
         f"export_dir={export_dir}",

@@ -121,6 +121,16 @@ def test_the_check_finds_an_import_the_graph_does_not_allow(tmp_path, files, exp
     assert found == [] if expected is None else len(found) == 1 and expected in found[0]
 
 
+def test_the_inference_commands_start_without_lightning():
+    """`serve` and `annotate` run the offline engine, which needs transformers but not Lightning: importing it
+    costs every start 3 to 4 s on 2 cores (docs/architecture.md)."""
+    probe = f"import sys, vlmchallenge.serve, vlmchallenge.annotate; print(sorted(set(sys.modules) & {set(LIGHTNING_IMPORTS)}))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_the_data_commands_start_without_lightning_or_transformers():
     """`prepare` and `verify` need neither (docs/architecture.md): importing them would double their start;
     nor does `review` of a finished annotation (it imports the model stack only to annotate first)."""
@@ -133,6 +143,7 @@ def test_the_data_commands_start_without_lightning_or_transformers():
 
 
 LIGHTNING = ("pytorch_lightning", "lightning_fabric", "lightning")
+LIGHTNING_IMPORTS = ("pytorch_lightning", "lightning_fabric", "lightning", "torchmetrics")
 
 
 def private_lightning_imports(path: Path) -> list[str]:

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 import vlmchallenge.conf_schema  # noqa: F401  (registers the structured-config schemas)
-from vlmchallenge.workflows import annotate
+from vlmchallenge.inference_workflows import annotate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="annotate")

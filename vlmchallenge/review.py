@@ -26,7 +26,7 @@ def annotation_folder(cfg: DictConfig) -> Path:
             "review: give annotation=<a folder annotate wrote>, or export_dir=<export> input=<recording> to "
             "annotate first"
         )
-    from vlmchallenge.workflows import annotate
+    from vlmchallenge.inference_workflows import annotate
 
     annotate(cfg)
     return Path(cfg.out_dir or cfg.paths.output_dir)

@@ -2,9 +2,9 @@
 named after its command.
 
 train -> fit, test report, export; evaluate -> report of a checkpoint or an export folder; export -> an export
-folder from a checkpoint alone; vram -> the VRAM plan of a config, offline; annotate -> the
-timeline of a whole recording. The data commands are in `data_workflows.py`, apart, so that they start without
-importing Lightning or transformers.
+folder from a checkpoint alone; vram -> the VRAM plan of a config, offline. The data commands are in
+`data_workflows.py`, apart, so that they start without importing Lightning or transformers; annotate is in
+`inference_workflows.py`, so that it starts without Lightning.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import FSDPStrategy
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from vlmchallenge.assembly import (
     Components,
@@ -37,6 +37,8 @@ from vlmchallenge.training.vram_math import GIB, BatchPlan, architecture_from_co
 from vlmchallenge.training.vram_report import breakdown_png, print_plan
 from vlmchallenge.utils.distributed import share_run_dir
 from vlmchallenge.utils.runs import print_locations
+
+print_outputs = rank_zero_only(print_locations)  # a multi-process run prints its outputs once
 
 
 @dataclass
@@ -107,7 +109,7 @@ def train(cfg: DictConfig) -> TrainResult:
         result.export_dir = export_trained(
             parts, result.best_checkpoint, Path(cfg.paths.output_dir) / "export"
         )
-    print_locations(
+    print_outputs(
         {
             "run dir": cfg.paths.output_dir,
             "shards": datamodule.out_dir,
@@ -180,7 +182,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         cfg.null_handling,
         shard_dir=parts.datamodule.out_dir,
     )
-    print_locations({"report": out / "report.md", "submission": out / "submission.zip"})
+    print_outputs({"report": out / "report.md", "submission": out / "submission.zip"})
     print(
         f"OpenPack macro-F1 (1 s): {report['openpack_official']['f1_macro']:.4f}; "
         f"clip macro-F1: {report['clip_metrics']['f1_macro']:.4f}"
@@ -244,59 +246,3 @@ def vram(cfg: DictConfig) -> BatchPlan:
     if cfg.vram.chart:
         breakdown_png({f"b={plan.micro_batch}": plan.terms}, Path(cfg.vram.chart))
     return plan
-
-
-def annotate(cfg: DictConfig) -> dict:
-    """A whole recording through an export folder -> the per-second timeline, operations.csv, submission,
-    plot and annotate.json in `cfg.out_dir` (default: the run folder); the official macro-F1 when the
-    recording has 1-Hz ground truth. Returns the annotate.json metadata."""
-    from contextlib import nullcontext
-
-    from rich.console import Console
-
-    from vlmchallenge.data.video_origin import parse_time
-    from vlmchallenge.inference.annotate_settings import AnnotateSettings
-    from vlmchallenge.inference.annotator import RecordingAnnotator, annotate_progress
-    from vlmchallenge.inference.engine import VLMInference
-    from vlmchallenge.inference.prediction_outputs import write_outputs
-    from vlmchallenge.inference.recordings import RecordingOptions, open_recording, reopen_args
-    from vlmchallenge.inference.segments import Smoothing
-
-    smoothing = Smoothing(**cfg.smoothing)
-    smoothing.validate()  # before anything loads
-    start, end = parse_time(cfg.start, "start"), parse_time(cfg.end, "end")
-    options = RecordingOptions.of(cfg)
-    recording = open_recording(options)
-    inference = VLMInference(cfg.export_dir, cfg.device)
-    settings = AnnotateSettings(cfg.window_s, cfg.stride_s, cfg.min_frames, cfg.batch_size)
-    annotator = RecordingAnnotator(inference, settings)
-    console = Console()
-    progress, update = annotate_progress(console) if cfg.progress else (nullcontext(), None)
-    with progress:
-        predicted = annotator.annotate(recording.source, start, end, update)
-    out = Path(cfg.out_dir or cfg.paths.output_dir)
-    model = {"export_dir": str(cfg.export_dir), "base_model": inference.meta.base_model}
-    meta = write_outputs(
-        predicted,
-        out,
-        recording.user,
-        recording.session,
-        recording.ground_truth,
-        smoothing,
-        cfg.probabilities,
-        {
-            "input": str(cfg.input),
-            "kind": recording.kind,
-            "model": model,
-            "recording": reopen_args(options, recording),
-        },
-    )
-    print_locations({"outputs": out, "operations": out / "operations.csv", "timeline": out / "timeline.png"})
-    console.print(
-        f"{predicted.duration_s:.0f} s annotated in {predicted.wall_s:.1f} s "
-        f"({predicted.realtime_factor:.1f}x real time); {meta['segments']} segments; "
-        f"seconds: {meta['seconds']}"
-    )
-    if meta["openpack_official"]:
-        console.print(f"OpenPack macro-F1 (1 s): {meta['openpack_official']['f1_macro']:.4f}")
-    return meta

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
 from vlmchallenge.data.classes import ID_TO_CLASS, NULL_ID, OPERATION_IDS
 
@@ -71,6 +70,9 @@ def per_class_prf(
     truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]
 ) -> dict[int, tuple[float, float, float, int]]:
     """{id: (precision, recall, F1, support)} for every id in `labels`, present or not (zero_division=0)."""
+    # imported here: sklearn.metrics (with scipy) costs every CLI and server start 0.4 s, most never score
+    from sklearn.metrics import precision_recall_fscore_support
+
     p, r, f, support = precision_recall_fscore_support(
         truth, pred, labels=list(labels), average=None, zero_division=0
     )

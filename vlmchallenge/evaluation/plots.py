@@ -3,20 +3,30 @@ whole recording's predicted ribbon (with truth and correctness when there is gro
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from types import ModuleType
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from vlmchallenge.data.classes import NULL_ID, OPENPACK_OPERATIONS
+from vlmchallenge.evaluation.openpack_metric import SessionSeconds
 
-from vlmchallenge.data.classes import NULL_ID, OPENPACK_OPERATIONS  # noqa: E402
-from vlmchallenge.evaluation.openpack_metric import SessionSeconds  # noqa: E402
+
+@functools.cache
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only backend, imported at the first figure: importing it costs every
+    server and CLI start 0.2 s, and most never draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def confusion_matrix_png(matrix: list[list[int]], names: list[str], path: Path) -> None:
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(names), 0.8 + 0.55 * len(names)))
@@ -44,6 +54,7 @@ def confusion_matrix_png(matrix: list[list[int]], names: list[str], path: Path) 
 
 
 def per_class_f1_png(f1: list[float], names: list[str], path: Path, macro: float) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * len(names)))
     ax.barh(range(len(names)), f1, color="tab:blue")
     ax.axvline(macro, color="tab:red", linestyle="--", label=f"macro {macro:.3f}")
@@ -60,6 +71,9 @@ def per_class_f1_png(f1: list[float], names: list[str], path: Path, macro: float
 
 def timeline_png(sessions: list[SessionSeconds], path: Path) -> None:
     """Two strips per session on its 1-Hz grid: ground truth above, prediction below."""
+    plt = pyplot()
+    from matplotlib.colors import ListedColormap  # loaded with pyplot
+
     ids = [c.id for c in OPENPACK_OPERATIONS]
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(ids)))
     cmap = ListedColormap(colours)
@@ -90,6 +104,7 @@ def recording_timeline_png(
     """The predicted ribbon of a recording, one column per second (grey: no prediction, e.g. no frames);
     with 1-Hz ground truth (MISSING = -1 where unknown) also the truth and per-second correctness (white
     right, black wrong, grey not scored: no prediction, no truth, or Null truth)."""
+    plt = pyplot()
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, len(OPENPACK_OPERATIONS)))[:, :3]
     colour_of = {c.id: tuple(colours[i]) for i, c in enumerate(OPENPACK_OPERATIONS)}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
 
-@rank_zero_only  # a multi-process run prints its outputs once
 def print_locations(items: dict[str, str | Path | None]) -> None:
+    """The outputs table. Plain, so that commands without Lightning can print it; the training flows print it
+    from rank 0 only (`workflows.print_outputs`)."""
     console = Console()
     console.print("[bold]Outputs")
     for name, path in items.items():
