@@ -106,12 +106,12 @@ def fsync_dir(folder: Path) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder` (before the rename that publishes it)."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
+    for path in [*folder.rglob("*"), folder]:  # one walk; a folder is fsynced like a file, opened read-only
+        if path.is_dir():
+            fsync_dir(path)
+        elif path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    for path in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
-        fsync_dir(path)
 
 
 def publish(temp: Path, target: Path) -> None:
