@@ -3,10 +3,6 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 ARGS    ?=
-# pytest-xdist workers for `make test`/`test-fast`; one file per worker at a time (--dist loadfile), so a module's
-# trained run or server is built once. 2 fits the 2-core CI machine (docs/benchmarks.md, "The test suite").
-TEST_JOBS ?= 2
-PYTEST  := $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser prepare train test test-fast bench gpu-check docker-check lint format clean clean-data
@@ -34,11 +30,11 @@ train: install ## Main job: synthetic data -> shards -> train -> test -> export,
 prepare: install ## Only data preparation: raw OpenPack (or synthetic) -> WebDataset shards
 	$(BIN)/python -m vlmchallenge.prepare $(ARGS)
 
-test: install ## Run the whole test suite, as CI does, in TEST_JOBS=2 processes (synthetic data, tiny models)
-	$(PYTEST) $(ARGS)
+test: install ## Run the whole test suite, as CI does (synthetic data, tiny models; prints the 15 slowest tests)
+	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: install ## The inner loop: the suite without the tests marked slow or drill (under 2 min on 2 cores)
-	$(PYTEST) -m "not slow and not drill" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not drill" $(ARGS)
 
 bench: install ## Run the benchmarks in bench/ and print their tables
 	$(BIN)/python bench/prepare.py $(ARGS)
