@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_rerun_is_byte_identical_and_skips_finished_sessions(data_cfg, tmp_path,
     } | {"manifest.json": before["manifest.json"]}
 
 
-def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir):
+def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir, caplog):
     result = prepare(data_cfg, data_dir)
     reference = tree_bytes(result.out_dir)
     train = result.out_dir / "train"
@@ -88,10 +89,14 @@ def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir):
     for half in ("U9001-S0100.done.json", "U9001-S0100.operations-1hz.csv", "shardindex.json"):
         (train / f"{half}.tmp-4242").write_bytes(b"{")
     (result.out_dir / "manifest.json.tmp-4242").write_bytes(b"{")
-    resumed = prepare(data_cfg, data_dir)
+    leftovers = [*train.glob("*.tmp-4242"), result.out_dir / "manifest.json.tmp-4242"]
+    with caplog.at_level(logging.INFO, logger="vlmchallenge.utils.atomic"):
+        resumed = prepare(data_cfg, data_dir)
     session = next(r for r in resumed.sessions if r.key == "U9001-S0100")
     assert session.record["resumed"] == "partial"
     assert tree_bytes(result.out_dir) == reference  # the same bytes, and no temp file left
+    deleted = sorted(Path(r.args[0]).name for r in caplog.records if r.msg.startswith("deleted %s"))
+    assert deleted == sorted(p.name for p in leftovers), "each deleted leftover is named in the log"
 
 
 def test_interrupted_write_mid_shard_resumes_to_same_bytes(tmp_path):

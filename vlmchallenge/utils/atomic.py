@@ -8,12 +8,15 @@ target and fsyncs the folder, so the guarantee holds after a machine crash, not 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -85,14 +88,13 @@ def is_temp_file(path: Path) -> bool:
     return TEMP_MARK in path.name
 
 
-def remove_temp_files(folder: Path, names: str) -> list[Path]:
+def remove_temp_files(folder: Path, names: str) -> None:
     """Delete the temp files that killed writers (any pid) left for the targets matching the glob `names` in
-    `folder`; returns them. Only for the one process that writes those targets: another live writer's temp
-    file would be deleted under it."""
-    leftovers = sorted(folder.glob(f"{names}{TEMP_MARK}*"))
-    for path in leftovers:
+    `folder`, naming each in the log (a resumed run says what the killed one left). Only for the one process that
+    writes those targets: another live writer's temp file would be deleted under it."""
+    for path in sorted(folder.glob(f"{names}{TEMP_MARK}*")):
         path.unlink(missing_ok=True)
-    return leftovers
+        log.info("deleted %s, left half-written by a writer that was killed", path)
 
 
 def fsync_dir(folder: Path) -> None:
