@@ -70,7 +70,7 @@ def test_the_polling_wait_hears_a_signal_another_thread_took(event):
 
 def test_a_plain_manager_wait_sleeps_through_it(event):
     """The fault itself: the same signal, and the proxy's own wait returns only at its timeout."""
-    assert waited_until_stopped(lambda: event.wait(timeout=3)) >= 3
+    assert waited_until_stopped(lambda: event.wait(timeout=1)) >= 1  # the whole timeout, however long
 
 
 def test_it_passes_set_and_timeouts_through(event):
