@@ -95,7 +95,7 @@ def test_crash_after_finished_shards_resumes_to_same_bytes(data_cfg, data_dir, c
     session = next(r for r in resumed.sessions if r.key == "U9001-S0100")
     assert session.record["resumed"] == "partial"
     assert tree_bytes(result.out_dir) == reference  # the same bytes, and no temp file left
-    deleted = sorted(Path(r.args[0]).name for r in caplog.records if r.msg.startswith("deleted %s"))
+    deleted = sorted(Path(r.args[0]).name for r in caplog.records if r.name == "vlmchallenge.utils.atomic")
     assert deleted == sorted(p.name for p in leftovers), "each deleted leftover is named in the log"
 
 
