@@ -18,18 +18,14 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from tests.helpers.runs import TWO_CLASS_OVERRIDES, compose_train
+from tests.helpers.runs import SMALL_SYNTHETIC, TWO_CLASS_OVERRIDES, compose_train
 from vlmchallenge.data.clip_builder import ClipConfig
 from vlmchallenge.data.config import DataConfig
 from vlmchallenge.data.frame_sampler import SamplerConfig
 from vlmchallenge.data.shard_writer import ShardConfig
 from vlmchallenge.data.splits import SplitConfig
-from vlmchallenge.data.synthetic import SyntheticConfig, generate
+from vlmchallenge.data.synthetic import generate
 from vlmchallenge.workflows import TrainResult
-
-SMALL_SYNTHETIC = SyntheticConfig(
-    users=["U9001", "U9002", "U9003"], sessions=["S0100"], boxes_per_session=1, width=112, height=64, seed=3
-)
 
 
 @pytest.fixture(scope="session")

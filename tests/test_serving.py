@@ -131,9 +131,13 @@ def wait_healthy(client: TestClient, server) -> None:
         time.sleep(POLL_PAUSE_S)
 
 
+# the in-process server's video limit: a video of 12 frames is read only in part
+MAX_VIDEO_FRAMES_READ = 4
+
+
 @pytest.fixture(scope="module")
 def client(export_dir):
-    cfg = serve_cfg(export_dir, **PREDICT_ONLY)
+    cfg = serve_cfg(export_dir, **PREDICT_ONLY, **{"limits.max_video_frames_read": MAX_VIDEO_FRAMES_READ})
     with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
         wait_healthy(c, server)
         yield c
@@ -227,24 +231,20 @@ def png_of(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_video_input_reads_at_most_max_video_frames_read(export_dir, clips, tmp_path):
+def test_video_input_reads_at_most_max_video_frames_read(client, clips, tmp_path):
     """A video of 12 frames with `max_video_frames_read=4` is answered from its first 4 decoded frames only."""
     images = [Image.open(io.BytesIO(base64.b64decode(f))) for c in clips[:3] for f in c.frames_b64]
     video = write_video(tmp_path / "clip.mp4", images)
-    first4 = [png_of(im) for im in decoded_video_frames(video)[:4]]
-    cfg = serve_cfg(export_dir, **PREDICT_ONLY, **{"limits.max_video_frames_read": 4})
-    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        wait_healthy(c, server)
-        by_video = c.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
-        by_frames = c.post("/predict", json={"frames": first4})
-        assert by_video.status_code == by_frames.status_code == 200, by_video.text
-        assert (
-            by_video.json()["prediction"]["probabilities"] == by_frames.json()["prediction"]["probabilities"]
-        )
-        everything = c.post("/predict", json={"frames": [png_of(im) for im in decoded_video_frames(video)]})
-        assert (
-            everything.json()["prediction"]["probabilities"] != by_video.json()["prediction"]["probabilities"]
-        )
+    decoded = decoded_video_frames(video)
+    assert len(decoded) == 12 > MAX_VIDEO_FRAMES_READ
+    by_video = client.post("/predict", json={"video": base64.b64encode(video.read_bytes()).decode()})
+    by_frames = client.post(
+        "/predict", json={"frames": [png_of(im) for im in decoded[:MAX_VIDEO_FRAMES_READ]]}
+    )
+    assert by_video.status_code == by_frames.status_code == 200, by_video.text
+    assert by_video.json()["prediction"]["probabilities"] == by_frames.json()["prediction"]["probabilities"]
+    everything = client.post("/predict", json={"frames": [png_of(im) for im in decoded]})
+    assert everything.json()["prediction"]["probabilities"] != by_video.json()["prediction"]["probabilities"]
 
 
 def test_a_video_without_frames_is_a_clear_4xx(client, tmp_path):
@@ -439,32 +439,72 @@ def sigint_as_in_a_terminal():
         signal.signal(signal.SIGINT, previous)
 
 
-def launch_server(export_dir, log: Path, *overrides, env=None, until=(200,), attempts=3) -> LiveServer:
-    """`python -m vlmchallenge.serve` on a free port, once `/health` answers one of `until`. Another process may
-    take the port between our probe and the server's bind; then the server exits at once, saying so, and it is
-    started again on a fresh port. Every test that starts a server starts it here."""
-    for attempt in range(1, attempts + 1):
-        port = free_port()
-        with open(log, "w") as f, sigint_as_in_a_terminal():
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vlmchallenge.serve", f"export_dir={export_dir}", f"port={port}"]
-                + ["device=cpu", f"hydra.run.dir={log.parent}", *overrides],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
-        server = LiveServer(proc, f"http://127.0.0.1:{port}", port, log)
-        try:
-            wait_for_health(server, until)
-            return server
-        except pytest.fail.Exception:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-            if attempt == attempts or "Address already in use" not in log.read_text():
-                raise
+@dataclass(frozen=True)
+class ServerSpec:
+    """A `python -m vlmchallenge.serve` to start: where it logs, its overrides and environment, and the `/health`
+    statuses that mean it has started (503: listening while its worker loads)."""
+
+    log: Path
+    overrides: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    until: tuple[int, ...] = (200,)
+
+
+def start_server(export_dir, spec: ServerSpec) -> LiveServer:
+    port = free_port()
+    with open(spec.log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlmchallenge.serve", f"export_dir={export_dir}", f"port={port}"]
+            + ["device=cpu", f"hydra.run.dir={spec.log.parent}", *spec.overrides],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=spec.env,
+        )
+    return LiveServer(proc, f"http://127.0.0.1:{port}", port, spec.log)
+
+
+def kill_server(server: LiveServer) -> None:
+    """SIGKILL to every process the server started, if any is left; waits for the main one."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=60)
+
+
+def launch_servers(export_dir, specs: list[ServerSpec], attempts=3) -> list[LiveServer]:
+    """Every server of `specs` started at once, returned once each answers `/health` with one of its `until`.
+    A start is two imports of the stack one after the other (the main process, then its spawned inference
+    worker), each on one core: on 2 cores, servers started together are ready in about half the time of the
+    same servers started in turn. Another process may take a port between our probe and the server's bind;
+    then that server exits at once, saying so, and is started again on a fresh port. Every test that starts a
+    server starts it here."""
+    ready: dict[int, LiveServer] = {}
+    starting: dict[int, LiveServer] = {}
+    try:
+        for attempt in range(1, attempts + 1):
+            with sigint_as_in_a_terminal():
+                starting = {i: start_server(export_dir, s) for i, s in enumerate(specs) if i not in ready}
+            for i, server in starting.items():
+                try:
+                    wait_for_health(server, specs[i].until)
+                    ready[i] = server
+                except pytest.fail.Exception:
+                    kill_server(server)
+                    if attempt == attempts or "Address already in use" not in server.log.read_text():
+                        raise
+            if len(ready) == len(specs):
+                return [ready[i] for i in range(len(specs))]
+    except BaseException:
+        for server in [*ready.values(), *starting.values()]:
+            kill_server(server)
+        raise
     raise AssertionError("unreachable")
+
+
+def launch_server(export_dir, log: Path, *overrides, env=None, until=(200,)) -> LiveServer:
+    """One server (`launch_servers`)."""
+    (server,) = launch_servers(export_dir, [ServerSpec(log, tuple(overrides), env, tuple(until))])
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Serving under overload and faults, on real servers (`python -m vlmchallenge.serve` in a subprocess, started by
-`launch_server`, which retries on a fresh port when the port was taken):
+"""Serving under overload and faults, on real servers (`python -m vlmchallenge.serve` in subprocesses, all five
+started at once by `launch_servers`, which retries on a fresh port when the port was taken):
 
 - past `max_queue` a 503 with Retry-After and nothing else 5xx; bad input a warning, not a server error;
 - SIGTERM answers the in-flight requests, ends every process the server started, and frees the port;
@@ -42,11 +42,13 @@ from tests.test_serving import (
     POLL_PAUSE_S,
     ClipCase,
     LiveServer,
+    ServerSpec,
     answered_correctly,
     chat_content,
     clip_cases,
     health_status,
-    launch_server,
+    kill_server,
+    launch_servers,
     png_b64,
     post,
     wait_for_health,
@@ -114,22 +116,68 @@ def refused_with_notice(answer: Answer) -> bool:
 
 
 MAX_QUEUE = 2
-# The drill servers: `/predict` and the chat route, which these drills use, and no `/annotate` (every route is an
-# inference worker of its own, a process that loads the model; the live server in test_serving.py serves all three)
+# The routes each drill uses and no other: every route is an inference worker of its own, a process that loads the
+# model (the live server in test_serving.py serves all three). The overload server: `/predict` and the chat route
+ONE_ROUTE = ("api_key=null", "openai=false", "annotate=false")
 DRILL_SERVER = ("api_key=null", "annotate=false", f"max_queue={MAX_QUEUE}", "timeout=300")
 
 
+@dataclass
+class DrillServers:
+    overload: LiveServer  # the overload test's, then stopped by the SIGTERM drill
+    by_group_signal: dict[int, LiveServer]  # stopped by a signal to its process group
+    loading: LiveServer  # its worker's model load waits on `gate` (LOAD_GATE)
+    gate: Path
+    batching: LiveServer  # answers full batches of BATCH only, then its worker is SIGKILLed
+
+
 @pytest.fixture(scope="module")
-def server(export_dir, tmp_path_factory):
-    """One server (max_queue=2) for the overload test, then stopped by the SIGTERM drill. `timeout=300`: on a
-    busy machine a heavy request must never become a 504, which would make the overload test flaky."""
-    log = tmp_path_factory.mktemp("faults") / "server.log"
-    env = stack_dump_env(log.parent / "hooks")  # what_is_left asks every process for its stacks
-    server = launch_server(export_dir, log, *DRILL_SERVER, env=env)
-    yield server
-    if server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGTERM)
-        server.proc.wait(timeout=90)
+def servers(export_dir, tmp_path_factory) -> DrillServers:
+    """Every server this module's tests start, started at once (`launch_servers`: half the wait of starting
+    them in turn on 2 cores); each test acts on its own, and each server is stopped by its test's fault.
+
+    - overload: max_queue=2, `timeout=300`: on a busy machine a heavy request must never become a 504, which
+      would make the overload test flaky;
+    - one per group signal, with the same settings and `/predict` only;
+    - loading: `/predict` only, `timeout=2`; its inference worker waits on a FIFO the test opens before it
+      loads the model (LOAD_GATE), so it is listening and not loaded for as long as the test needs;
+    - batching: `/predict` only, answering full batches of 4 only: `batch_timeout` is 11 days, so a batch never
+      leaves short. 4 concurrent requests must share one batch, and fewer wait in the inference worker,
+      provably in flight, until the SIGKILL drill ends the server. `decode_threads=3`: not the default on any
+      machine here.
+
+    Every server is started with `stack_dump_env`: what_is_left asks every process for its stacks."""
+    root = tmp_path_factory.mktemp("faults")
+    gate = root / "gate"
+    os.mkfifo(gate)
+    gated = {
+        **stack_dump_env(root / "gate-hooks", LOAD_GATE),
+        "VLMCHALLENGE_TEST_LOAD_GATE": str(gate),
+        "VLMCHALLENGE_TEST_LOAD_UNDER": str(export_dir),
+    }
+    batching = (*ONE_ROUTE, f"max_batch_size={BATCH}", "batch_timeout=1e6", "timeout=2e6", "decode_threads=3")
+    names = ["overload", "group-SIGTERM", "group-SIGINT", "loading", "batching"]
+    logs = {name: root / name / "server.log" for name in names}
+    for log in logs.values():
+        log.parent.mkdir()
+    hooks = stack_dump_env(root / "hooks")
+    specs = [
+        ServerSpec(logs["overload"], DRILL_SERVER, hooks),
+        *(ServerSpec(logs[name], (*DRILL_SERVER, "openai=false"), hooks) for name in names[1:3]),
+        ServerSpec(logs["loading"], (*ONE_ROUTE, "timeout=2"), gated, until=(200, 503)),
+        ServerSpec(logs["batching"], batching, hooks),
+    ]
+    overload, group_term, group_int, loading, batching_server = launch_servers(export_dir, specs)
+    yield DrillServers(
+        overload, {signal.SIGTERM: group_term, signal.SIGINT: group_int}, loading, gate, batching_server
+    )
+    for server in (overload, group_term, group_int, loading, batching_server):
+        kill_server(server)
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> LiveServer:
+    return servers.overload
 
 
 def in_server(base) -> int:
@@ -291,34 +339,19 @@ def test_sigterm_finishes_in_flight_requests_ends_every_process_and_frees_the_po
 
 @pytest.mark.drill
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(
-    export_dir, clips, tmp_path, drill, signum
-):
+def test_a_signal_to_the_whole_process_group_is_a_graceful_shutdown_too(servers, clips, drill, signum):
     """Ctrl+C in a terminal (SIGINT) and systemd's default `KillMode=control-group` (SIGTERM) signal every
     process of the server at once. The inference workers and the manager used to end at once: both in-flight
     requests were lost (a 500 and a reset connection), the API process was killed after its 30 s grace, and
     LitServe's monitor logged a traceback (docs/serving.md §2)."""
-    log = tmp_path / "server.log"
-    env = stack_dump_env(tmp_path / "hooks")
-    server = launch_server(export_dir, log, *DRILL_SERVER, env=env)
-    try:
-        stop_with_requests_in_flight(
-            server,
-            lambda: os.killpg(server.proc.pid, signum),
-            clips,
-            drill,
-            f"{signal.Signals(signum).name} to the process group",
-        )
-    finally:
-        kill_what_is_left(server)
-
-
-def kill_what_is_left(server: LiveServer) -> None:
-    try:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    server.proc.wait(timeout=60)
+    server = servers.by_group_signal[signum]
+    stop_with_requests_in_flight(
+        server,
+        lambda: os.killpg(server.proc.pid, signum),
+        clips,
+        drill,
+        f"{signal.Signals(signum).name} to the process group",
+    )
 
 
 # ---------------------------------------------------------------- while the model loads: 503, and 504 past timeout
@@ -360,34 +393,23 @@ def open_the_gate(gate, server: LiveServer) -> None:
         time.sleep(POLL_PAUSE_S)
 
 
-def test_while_the_model_loads_health_is_503_and_a_request_past_timeout_504(export_dir, clips, tmp_path):
+def test_while_the_model_loads_health_is_503_and_a_request_past_timeout_504(servers, clips):
     """The README's promises, with the model load held by the test: `/health` answers 503 until the model is
     loaded (uvicorn listens while the worker loads: serving/supervision.py), a request not answered within
     `timeout` gets 504 and leaves the server's count, and once the load goes on the server is healthy and stops
     cleanly."""
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    env = {
-        **stack_dump_env(tmp_path / "hooks", LOAD_GATE),
-        "VLMCHALLENGE_TEST_LOAD_GATE": str(gate),
-        "VLMCHALLENGE_TEST_LOAD_UNDER": str(export_dir),
-    }
-    overrides = ("api_key=null", "openai=false", "annotate=false", "timeout=2")
-    server = launch_server(export_dir, tmp_path / "server.log", *overrides, env=env, until=(200, 503))
-    try:
-        assert health_status(server.base) == 503  # the worker cannot have loaded: the gate is closed
-        late = post_predict(server.base, frames_of([clips[0]]))
-        assert late.status == 504, (late.status, late.body)
-        assert late.body == {"detail": "no answer within 2 s (timeout)"}
-        assert in_server(server.base) == 0  # the 504 let go of its place
-        assert health_status(server.base) == 503
-        open_the_gate(gate, server)
-        assert wait_for_health(server, (200,)) == 200
-        os.kill(server.proc.pid, signal.SIGTERM)
-        assert server.proc.wait(timeout=90) == 0
-        assert "Traceback" not in server.log.read_text(), server.log_tail()
-    finally:
-        kill_what_is_left(server)
+    server = servers.loading
+    assert health_status(server.base) == 503  # the worker cannot have loaded: the gate is closed
+    late = post_predict(server.base, frames_of([clips[0]]))
+    assert late.status == 504, (late.status, late.body)
+    assert late.body == {"detail": "no answer within 2 s (timeout)"}
+    assert in_server(server.base) == 0  # the 504 let go of its place
+    assert health_status(server.base) == 503
+    open_the_gate(servers.gate, server)
+    assert wait_for_health(server, (200,)) == 200
+    os.kill(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=90) == 0
+    assert "Traceback" not in server.log.read_text(), server.log_tail()
 
 
 # ---------------------------------------------------------------- one batch of 4, then an inference worker killed
@@ -396,17 +418,8 @@ BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def batching_server(export_dir, tmp_path_factory):
-    """`/predict` only, answering full batches of 4 only: `batch_timeout` is 11 days, so a batch never leaves
-    short. 4 concurrent requests must share one batch, and fewer wait in the inference worker, provably in
-    flight, until the SIGKILL drill ends the server. `decode_threads=3`: not the default on any machine here."""
-    log = tmp_path_factory.mktemp("batching") / "server.log"
-    overrides = ["api_key=null", "openai=false", "annotate=false", f"max_batch_size={BATCH}"]
-    server = launch_server(
-        export_dir, log, *overrides, "batch_timeout=1e6", "timeout=2e6", "decode_threads=3"
-    )
-    yield server
-    kill_what_is_left(server)
+def batching_server(servers) -> LiveServer:
+    return servers.batching
 
 
 def one_batch(base, cases: list[ClipCase]) -> list[Answer]:

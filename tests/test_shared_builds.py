@@ -58,7 +58,7 @@ BUILDERS = {  # a second process that wants the folder the test is building
     "tiny model": "from vlmchallenge.models.families import TinyModelSpec, ensure_tiny as build\n"
     "print(build(TinyModelSpec(), sys.argv[1]))",
     "synthetic tree": "from vlmchallenge.data.synthetic import generate\n"
-    "from tests.conftest import SMALL_SYNTHETIC\n"
+    "from tests.helpers.runs import SMALL_SYNTHETIC\n"
     "print(generate(SMALL_SYNTHETIC, sys.argv[1], workers=1))",
 }
 
@@ -68,7 +68,7 @@ def test_a_second_builder_waits_for_the_first_and_keeps_its_folder(tmp_path, wha
     """The interleaving that broke fresh 2-rank starts, made certain: a second process asks for the folder while
     the first is building it. It must wait (seen in /proc/locks, not guessed from timing) and then keep the
     first one's folder (same inode), never build or replace it."""
-    from tests.conftest import SMALL_SYNTHETIC
+    from tests.helpers.runs import SMALL_SYNTHETIC
     from vlmchallenge.data.synthetic import generate_into
     from vlmchallenge.models.families import FAMILIES, TinyModelSpec, tiny_folder
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmchallenge.data.synthetic import SyntheticConfig
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # The smallest synthetic tree with all three splits: 3 users x 1 box of 112x84 frames, one user per split.
@@ -16,6 +18,12 @@ SMALL_DATA_OVERRIDES = [
     "data.splits.val=[U9002]",
     "data.splits.test=[U9003]",
 ]
+
+# The tree of the `synthetic_root` fixture (tests/conftest.py), here so that a process the tests start can build it
+# without importing the training stack that conftest imports.
+SMALL_SYNTHETIC = SyntheticConfig(
+    users=["U9001", "U9002", "U9003"], sessions=["S0100"], boxes_per_session=1, width=112, height=64, seed=3
+)
 
 # Small enough for a few-second run: the small tree, 2-s windows every 2 s.
 TINY_TRAIN_OVERRIDES = [
