@@ -136,11 +136,9 @@ MAX_VIDEO_FRAMES_READ = 4
 
 
 @pytest.fixture(scope="module")
-def client(export_dir):
-    cfg = serve_cfg(export_dir, **PREDICT_ONLY, **{"limits.max_video_frames_read": MAX_VIDEO_FRAMES_READ})
-    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        wait_healthy(c, server)
-        yield c
+def client(servers) -> TestClient:
+    """The in-process server: `/predict` only, with the defaults but a video limit of MAX_VIDEO_FRAMES_READ."""
+    return servers.client
 
 
 def test_serving_gives_training_probabilities_for_the_same_frames(export_dir, clips):
@@ -317,20 +315,10 @@ def test_every_error_has_the_one_error_body_and_every_answer_a_content_type(clie
 
 
 @pytest.fixture(scope="module")
-def strict_client(export_dir):
-    """A server with an API key, a 50 KB payload limit, and batches of up to 4 requests collected for up to 1 s
-    (long enough for concurrent requests to share one batch)."""
-    cfg = serve_cfg(
-        export_dir,
-        api_key="s3cret",
-        max_payload_mb=0.05,
-        **PREDICT_ONLY,
-        max_batch_size=4,
-        batch_timeout=1.0,
-    )
-    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
-        wait_healthy(c, server)
-        yield c
+def strict_client(servers) -> TestClient:
+    """An in-process server with an API key, a 50 KB payload limit, and batches of up to 4 requests collected
+    for up to 1 s (long enough for concurrent requests to share one batch)."""
+    return servers.strict
 
 
 def test_invalid_json_and_oversize_payload(strict_client):
@@ -507,19 +495,51 @@ def launch_server(export_dir, log: Path, *overrides, env=None, until=(200,)) -> 
     return server
 
 
+@contextlib.contextmanager
+def in_process(cfg: ServeSettings):
+    """An in-process server and its TestClient; its inference worker loads while the caller goes on (then
+    `wait_healthy`)."""
+    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
+        yield c, server
+
+
+def stop_gracefully(server: LiveServer) -> None:
+    """SIGTERM to the main process only, as `docker stop` does (a signal to the whole group:
+    test_serving_faults.py); a graceful shutdown leaves nothing over, and logs no traceback."""
+    os.kill(server.proc.pid, signal.SIGTERM)
+    server.proc.wait(timeout=60)
+    kill_server(server)
+    assert "Traceback" not in server.log.read_text(), server.log_tail()
+
+
+@dataclass
+class ModuleServers:
+    client: TestClient
+    strict: TestClient
+    live: LiveServer
+
+
 @pytest.fixture(scope="module")
-def live_server(export_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    server = launch_server(export_dir, log, "api_key=k3y")
-    try:
-        yield server.base
-    finally:
-        # the main process only, as `docker stop` does (a signal to the whole group: test_serving_faults.py)
-        os.kill(server.proc.pid, signal.SIGTERM)
-        server.proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):  # a graceful shutdown leaves nothing over
-            os.killpg(server.proc.pid, signal.SIGKILL)
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+def servers(export_dir, tmp_path_factory) -> ModuleServers:
+    """The module's three servers, started at once: the in-process servers' workers load while the live server
+    (every route, an API key) starts, each start a process importing the stack on one core of two."""
+    plain = serve_cfg(export_dir, **PREDICT_ONLY, **{"limits.max_video_frames_read": MAX_VIDEO_FRAMES_READ})
+    strict = serve_cfg(
+        export_dir, api_key="s3cret", max_payload_mb=0.05, **PREDICT_ONLY, max_batch_size=4, batch_timeout=1.0
+    )
+    with contextlib.ExitStack() as stack:
+        client, client_server = stack.enter_context(in_process(plain))
+        strict_client, strict_server = stack.enter_context(in_process(strict))
+        live = launch_server(export_dir, tmp_path_factory.mktemp("server") / "server.log", "api_key=k3y")
+        stack.callback(stop_gracefully, live)
+        wait_healthy(client, client_server)
+        wait_healthy(strict_client, strict_server)
+        yield ModuleServers(client, strict_client, live)
+
+
+@pytest.fixture(scope="module")
+def live_server(servers) -> str:
+    return servers.live.base
 
 
 def post(base, path, body, key="k3y"):
