@@ -581,9 +581,12 @@ def chat_content(frames_b64):
     ]
 
 
-def test_official_openai_client(live_server, clips):
+def test_official_openai_client(servers, clips):
+    """Answers as `/predict` does; a request without frames or with a bad one is a 422 naming the field, which
+    the server logs as a client's mistake (a warning), not as its own error."""
     from openai import AuthenticationError, OpenAI, UnprocessableEntityError
 
+    live_server = servers.live.base
     client = OpenAI(base_url=live_server + "/v1", api_key="k3y", max_retries=0)
     labels = set()
     for case in (clips[0], clips[-1]):  # clips of both trained operations
@@ -601,6 +604,9 @@ def test_official_openai_client(live_server, clips):
         bad = [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,!!!"}}]
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": bad}])
     assert "messages[-1].frames[0]: invalid base64" in bad_url.value.response.text
+    log = servers.live.log.read_text()
+    assert "[WARNING] - rejected a request (422): messages[-1].frames[0]: invalid base64" in log, log[-3000:]
+    assert "ERROR" not in log, log[-3000:]
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=live_server + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
             model="x", messages=[{"role": "user", "content": chat_content(clips[0].frames_b64)}]

@@ -44,13 +44,10 @@ from tests.test_serving import (
     LiveServer,
     ServerSpec,
     answered_correctly,
-    chat_content,
     clip_cases,
     health_status,
     kill_server,
     launch_servers,
-    png_b64,
-    post,
     wait_for_health,
 )
 from vlmchallenge.inference.engine import BadInput, decode_image
@@ -116,10 +113,10 @@ def refused_with_notice(answer: Answer) -> bool:
 
 
 MAX_QUEUE = 2
-# The routes each drill uses and no other: every route is an inference worker of its own, a process that loads the
-# model (the live server in test_serving.py serves all three). The overload server: `/predict` and the chat route
+# `/predict` only, the route the drills use: every route is an inference worker of its own, a process that loads
+# the model (the live server in test_serving.py serves all three, and shows the chat route's bad input a warning)
 ONE_ROUTE = ("api_key=null", "openai=false", "annotate=false")
-DRILL_SERVER = ("api_key=null", "annotate=false", f"max_queue={MAX_QUEUE}", "timeout=300")
+DRILL_SERVER = (*ONE_ROUTE, f"max_queue={MAX_QUEUE}", "timeout=300")
 
 
 @dataclass
@@ -138,7 +135,7 @@ def servers(export_dir, tmp_path_factory) -> DrillServers:
 
     - overload: max_queue=2, `timeout=300`: on a busy machine a heavy request must never become a 504, which
       would make the overload test flaky;
-    - one per group signal, with the same settings and `/predict` only;
+    - one per group signal, with the same settings;
     - loading: `/predict` only, `timeout=2`; its inference worker waits on a FIFO the test opens before it
       loads the model (LOAD_GATE), so it is listening and not loaded for as long as the test needs;
     - batching: `/predict` only, answering full batches of 4 only: `batch_timeout` is 11 days, so a batch never
@@ -163,7 +160,7 @@ def servers(export_dir, tmp_path_factory) -> DrillServers:
     hooks = stack_dump_env(root / "hooks")
     specs = [
         ServerSpec(logs["overload"], DRILL_SERVER, hooks),
-        *(ServerSpec(logs[name], (*DRILL_SERVER, "openai=false"), hooks) for name in names[1:3]),
+        *(ServerSpec(logs[name], DRILL_SERVER, hooks) for name in names[1:3]),
         ServerSpec(logs["loading"], (*ONE_ROUTE, "timeout=2"), gated, until=(200, 503)),
         ServerSpec(logs["batching"], batching, hooks),
     ]
@@ -233,21 +230,11 @@ def test_overload_gives_503_with_retry_after_and_bad_input_is_a_warning(server, 
     assert answered[:MAX_QUEUE] == [True] * MAX_QUEUE, [a.status for a in heavy_answers]
     assert health_status(server.base) == 200
     assert correct(post_predict(server.base, frames_of(light)), light)  # it recovers
-    bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}]
-    code, reply = post(
-        server.base, "/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": bad}]}
-    )
-    assert code == 422 and "messages[-1].frames[0]: invalid base64" in str(reply)
-    code, _ = post(
-        server.base,
-        "/v1/chat/completions",
-        {"model": "x", "messages": [{"role": "user", "content": chat_content([png_b64()])}]},
-    )
-    assert code == 200
+    bad = post_predict(server.base, {"frames": ["!!!"]})
+    assert bad.status == 422 and "frames[0]: invalid base64" in str(bad.body)
+    assert correct(post_predict(server.base, frames_of(light)), light)  # and after a bad request
     text = server.log.read_text()
-    assert "[WARNING] - rejected a request (422): messages[-1].frames[0]: invalid base64" in text, text[
-        -3000:
-    ]
+    assert "[WARNING] - rejected a request (422): request.frames[0]: invalid base64" in text, text[-3000:]
     assert "ERROR" not in text and "Traceback" not in text, text[-3000:]
 
 
