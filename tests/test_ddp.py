@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.runs import TINY_TRAIN_OVERRIDES, compose_evaluate, compose_train, data_overrides
+from tests.helpers.runs import (
+    TINY_TRAIN_OVERRIDES,
+    build_run_inputs,
+    compose_evaluate,
+    compose_train,
+    data_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = [
@@ -35,14 +41,25 @@ def run_dirs(log_dir: Path) -> list[Path]:
     return sorted((log_dir / "train" / "runs").glob("*"))
 
 
-def launch(cmd: list[str], log_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def launch(cmd: list[str], log_dir: Path, data_dir: Path, *overrides: str, meanwhile=None) -> str:
+    """Runs the training command to its end and returns its output; `meanwhile()` runs here while it starts."""
     full = [*cmd, "-m", "vlmchallenge.train", *DDP, f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
     full.append(
         "+callbacks.export_recorder._target_=tests.helpers.recorders.ExportRecorder"
     )  # subprocesses only
-    proc = subprocess.run([*full, *overrides], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+    proc = subprocess.Popen(
+        [*full, *overrides], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-8000:]
+    return out
 
 
 def predictions(run: Path) -> list[dict]:
@@ -59,12 +76,15 @@ def split_size(data_dir: Path, split: str) -> int:
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data_dir = root / "data"
-    two = launch([sys.executable], root / "two", data_dir, "trainer.max_epochs=1")
+    # the data and the tiny model are built here while rank 0 imports the stack (seconds on one core): it finds
+    # them complete, or waits for them under their build locks, and keeps them (tests/test_shared_builds.py)
+    build = lambda: build_run_inputs(data_dir, data_overrides(DDP), root / "prep")  # noqa: E731
+    two = launch([sys.executable], root / "two", data_dir, "trainer.max_epochs=1", meanwhile=build)
     return root, data_dir, two
 
 
 def test_two_ranks_score_each_test_clip_once_and_write_one_report(chain):
-    root, data_dir, proc = chain
+    root, data_dir, printed = chain  # both ranks write to the same pipe (Lightning starts rank 1 with it)
     (run,) = run_dirs(root / "two")  # one run folder for both ranks
     rows = predictions(run)
     keys = [r["key"] for r in rows]
@@ -74,7 +94,6 @@ def test_two_ranks_score_each_test_clip_once_and_write_one_report(chain):
     assert len(json.loads(index.read_text())["shardlist"]) >= 2
     assert (run / "export" / "vlmchallenge.json").exists()
     assert [p.name for p in run.glob("exported_by_rank*")] == ["exported_by_rank0"]  # rank 1 does not export
-    printed = proc.stdout + proc.stderr  # both ranks write to these pipes (Lightning starts rank 1 with them)
     for line in SUMMARY_LINES:  # rank 0 prints the summary, rank 1 nothing
         assert printed.count(line) == 1, line
 

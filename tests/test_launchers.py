@@ -17,10 +17,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.helpers.runs import TINY_TRAIN_OVERRIDES, compose_train
-from vlmchallenge.assembly import settings_from_config
-from vlmchallenge.data.pipeline import prepare
-from vlmchallenge.models.loader import resolve_pretrained
+from tests.helpers.runs import TINY_TRAIN_OVERRIDES, build_run_inputs, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 # what srun exports to each task of a one-task job (Lightning reads these to detect SLURM)
@@ -109,13 +106,10 @@ FAST = [
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory, shared_data_dir):
     """Two jobs through `hydra/launcher=submitit_local`, with the default time-stamped sweep folder. The data
-    and the tiny model are built first, as before any sweep: the jobs run at once, and two processes generating
-    one synthetic tree at the same time read each other's half-written frames."""
+    and the tiny model are built first, as a user would before a sweep: the jobs run at once, and the second
+    would wait for the first one's build (tests/test_shared_builds.py)."""
     log_dir = tmp_path_factory.mktemp("launchers")
-    settings = settings_from_config(compose_train(log_dir / "prep", shared_data_dir, log_dir=log_dir))
-    GlobalHydra.instance().clear()
-    prepare(settings.data, shared_data_dir)
-    resolve_pretrained(settings.model)
+    build_run_inputs(shared_data_dir, [], log_dir / "prep")
     cmd = [
         sys.executable,
         "-m",

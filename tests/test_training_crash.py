@@ -18,10 +18,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.helpers.runs import TINY_TRAIN_OVERRIDES, compose_train
+from tests.helpers.runs import TINY_TRAIN_OVERRIDES, build_run_inputs, compose_train
 from vlmchallenge.assembly import assemble, settings_from_config
-from vlmchallenge.data.pipeline import prepare
-from vlmchallenge.models.loader import resolve_pretrained
 from vlmchallenge.training.checkpoint_io import AtomicCheckpointIO, with_atomic_checkpoints
 from vlmchallenge.training.resume import checkpoint_problem, find_latest_checkpoint
 
@@ -86,10 +84,7 @@ def crash_runs(tmp_path_factory, shared_data_dir):
     resumed with `ckpt_path=last` as soon as it has died (2 cores: the runs are mostly start-up). Each drill has
     its own log dir, so `last` can only find its own killed run."""
     root = tmp_path_factory.mktemp("crash")
-    settings = settings_from_config(compose_train(root / "prep", shared_data_dir, log_dir=root / "prep"))
-    GlobalHydra.instance().clear()
-    prepare(settings.data, shared_data_dir)  # once, before processes that would each prepare at once
-    resolve_pretrained(settings.model)
+    build_run_inputs(shared_data_dir, [], root / "prep")  # once, before processes that would each wait for it
     tmpdir = root / "system-tmp"
     tmpdir.mkdir()
     faults = {"mid_epoch": KILL_MID_EPOCH, "in_write": KILL_IN_WRITE}

@@ -95,6 +95,24 @@ def compose_train(out_dir: Path, data_dir: Path, overrides: list[str] = (), log_
     return cfg
 
 
+def build_run_inputs(data_dir: Path, overrides: list[str], scratch: Path) -> None:
+    """What a training run with `overrides` reads first, built in this process as the run builds it (under the
+    same build locks: a run that starts meanwhile waits for it and keeps it): the synthetic tree, the shards and
+    the tiny model. `scratch`: a folder for the composed run's outputs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vlmchallenge.assembly import settings_from_config
+    from vlmchallenge.data.pipeline import prepare
+    from vlmchallenge.models.loader import resolve_pretrained
+
+    try:
+        settings = settings_from_config(compose_train(scratch / "run", data_dir, overrides, log_dir=scratch))
+    finally:
+        GlobalHydra.instance().clear()
+    prepare(settings.data, data_dir)
+    resolve_pretrained(settings.model)
+
+
 def compose_evaluate(output_dir: Path, overrides: list[str]):
     """Compose conf/evaluate.yaml with its output folder set (no HydraConfig needed)."""
     from hydra import compose, initialize_config_dir
