@@ -159,8 +159,7 @@ def servers(export_dir, tmp_path_factory) -> DrillServers:
         log.parent.mkdir()
     hooks = stack_dump_env(root / "hooks")
     specs = [
-        ServerSpec(logs["overload"], DRILL_SERVER, hooks),
-        *(ServerSpec(logs[name], DRILL_SERVER, hooks) for name in names[1:3]),
+        *(ServerSpec(logs[name], DRILL_SERVER, hooks) for name in names[:3]),
         ServerSpec(logs["loading"], (*ONE_ROUTE, "timeout=2"), gated, until=(200, 503)),
         ServerSpec(logs["batching"], batching, hooks),
     ]
