@@ -10,16 +10,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from litserve.utils import wrap_litserve_start
 from PIL import Image
 
-from tests.test_serving import serve_cfg, wait_healthy
+from tests.test_serving import in_process, serve_cfg, wait_healthy
 from vlmchallenge.data.frame_source import JpegFolderSource
 from vlmchallenge.inference.annotator import RecordingAnnotator
 from vlmchallenge.inference.engine import VLMInference
 from vlmchallenge.inference.prediction_outputs import timeline_json
-from vlmchallenge.serving.server import build_server
 
 SPAN_MS = 12_000  # a 12-s stretch: a dozen windows, a few seconds of scoring on the tiny model
 
@@ -53,7 +50,7 @@ def client(export_dir):
         **{"limits.max_recording_s": 60},
         timeout=300,  # a 12-s recording is many windows: on a loaded 2-core machine more than the default 30 s
     )
-    with wrap_litserve_start(build_server(cfg)) as server, TestClient(server.app) as c:
+    with in_process(cfg) as (c, server):
         wait_healthy(c, server)  # pauses between polls; fails, with the workers' states, if it never is
         yield c
 

@@ -163,11 +163,12 @@ def servers(export_dir, tmp_path_factory) -> DrillServers:
         ServerSpec(logs["loading"], (*ONE_ROUTE, "timeout=2"), gated, until=(200, 503)),
         ServerSpec(logs["batching"], batching, hooks),
     ]
-    overload, group_term, group_int, loading, batching_server = launch_servers(export_dir, specs)
+    started = launch_servers(export_dir, specs)
+    overload, group_term, group_int, loading, batching_server = started
     yield DrillServers(
         overload, {signal.SIGTERM: group_term, signal.SIGINT: group_int}, loading, gate, batching_server
     )
-    for server in (overload, group_term, group_int, loading, batching_server):
+    for server in started:
         kill_server(server)
 
 

@@ -2,8 +2,9 @@
 same one. The one place the project publishes files: shards, manifests, checkpoints, exports, annotations.
 
 Every writer here builds under a temporary name in the target's own folder, fsyncs the data (a built folder: one
-syncfs of its file system on Linux, `fsync_tree`), renames it onto the target and fsyncs the folder, so the guarantee holds after a machine crash, not only after a kill (POSIX gives
-`rename` atomicity, not ordering against the data: without the fsyncs a crash can leave a renamed, empty file)."""
+syncfs of its file system on Linux, `fsync_tree`), renames it onto the target and fsyncs the folder, so the
+guarantee holds after a machine crash, not only after a kill (POSIX gives `rename` atomicity, not ordering against
+the data: without the fsyncs a crash can leave a renamed, empty file)."""
 
 from __future__ import annotations
 
@@ -118,6 +119,17 @@ def _linux_syncfs() -> Callable[[int], int] | None:
 SYNCFS = _linux_syncfs()
 
 
+def sync_file_system(folder: Path) -> None:
+    """syncfs(2) of the file system that holds `folder`; a failure is an OSError naming `folder`."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if SYNCFS(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs: {os.strerror(error)}", str(folder))
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(folder: Path) -> None:
     """Make every file and folder under `folder` durable (before the rename that publishes it).
 
@@ -126,13 +138,7 @@ def fsync_tree(folder: Path) -> None:
     and later). One call instead of an fsync per file: a 3,534-file synthetic tree took 0.70 s to fsync file by
     file and 0.03 s to sync at once. Elsewhere, an fsync of each file and folder."""
     if SYNCFS is not None:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            if SYNCFS(fd) != 0:
-                error = ctypes.get_errno()
-                raise OSError(error, f"syncfs: {os.strerror(error)}", str(folder))
-        finally:
-            os.close(fd)
+        sync_file_system(folder)
         return
     for path in [*folder.rglob("*"), folder]:  # one walk; a folder is fsynced like a file, opened read-only
         if path.is_dir():
